@@ -1,0 +1,440 @@
+"""Named image data sets as host NumPy arrays, and the preprocessing the papers use.
+
+Data sets (uint8 NHWC images ``[N, H, W, 1]`` and int32 labels ``[N]``):
+
+- ``fashion_mnist`` (Xiao et al. 2017) and ``mnist`` (LeCun et al. 1998): the four gzipped IDX
+  files (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS"): a big-endian header of a magic
+  number ``0x0000080D`` (``0x08`` = unsigned byte, ``D`` = number of dimensions) and ``D``
+  uint32 sizes, then the raw bytes.
+- ``omniglot`` (Lake et al. 2015), subsets ``images_background_small1`` (split 'train') and
+  ``images_background_small2`` (split 'test'), resized to 28x28 and inverted to white-on-black,
+  the out-of-distribution set of the PAE paper (Böhm & Seljak 2020, "Probabilistic
+  Auto-Encoder", Sec. 5), together with Fashion-MNIST flipped left-right / upside-down.
+
+Preprocessing: pixels scaled to [0, 1] (or centred to [-0.5, 0.5]) and, for likelihood models,
+uniform dequantization ``(x + u) / 256``, ``u ~ U[0, 1)`` (Theis et al. 2016, Sec. 3.1; Dinh
+et al. 2017 "Real NVP", Sec. 4.1); zero padding of 28x28 images to 32x32; a seeded held-out
+validation split of the training set.
+
+Where the files are is resolved by ``load_raw``: ``data_dir`` or ``$JAXAE_DATA_DIR``, then known
+local folders (``known_dirs``), then tensorflow-datasets (off with ``JAXAE_NO_TFDS=1``).
+Everything here is NumPy on the host, except ``Preprocess``, which runs inside jitted steps.
+"""
+
+import dataclasses
+import gzip
+import io
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+DATASETS = ("fashion_mnist", "mnist", "omniglot")
+SPLITS = ("train", "test")
+TRANSFORMS = (None, "hflip", "vflip")
+
+# Sub-folders accepted inside a data directory, per data set.
+_FOLDERS = {
+    "fashion_mnist": ("fashion-mnist", "fashion_mnist"),
+    "mnist": ("mnist",),
+    "omniglot": ("omniglot",),
+}
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_OMNIGLOT_ZIPS = {"train": "images_background_small1.zip", "test": "images_background_small2.zip"}
+_OMNIGLOT_TFDS_SPLITS = {"train": "small1", "test": "small2"}
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No place holds the data set; the message lists every place tried and the fix."""
+
+
+class Split(NamedTuple):
+    images: np.ndarray  # [N, H, W, C] uint8 (float32 in [0, 1] only for user data)
+    labels: np.ndarray  # [N] int32
+
+
+class Dataset(NamedTuple):
+    name: str
+    train: Split
+    val: Split | None  # None when val_size == 0
+    test: Split
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_images(images, name: str = "images") -> np.ndarray:
+    """Validates an image array and brings it to NHWC.
+
+    Args:
+      images: [N, H, W] or [N, H, W, C] array; uint8, floating with values in [0, 1], or another
+        integer type with values in [0, 255].
+      name: what the images are, used in error messages.
+
+    Returns:
+      [N, H, W, C] array: uint8 for integer input, float32 for floating input.
+
+    Raises:
+      TypeError: for bool, complex, string, object or other non-numeric dtypes.
+      ValueError: wrong rank, empty data set, NaN/inf pixels or pixels out of range.
+    """
+    x = np.asarray(images)
+    if x.dtype.kind not in "uif":
+        raise TypeError(
+            f"{name}: unsupported dtype {x.dtype}; use uint8 in [0, 255] or floating in [0, 1]"
+        )
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name}: wrong rank {x.ndim} (shape {x.shape}); expected [N, H, W] or [N, H, W, C]"
+        )
+    if x.size == 0:
+        raise ValueError(f"{name}: empty data set, images have shape {x.shape} (N == 0)")
+    if x.dtype.kind == "f":
+        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        if n_nan or n_inf:
+            raise ValueError(f"{name}: {n_nan} NaN and {n_inf} inf pixels")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name}: float pixels out of range [0, 1]: min {lo}, max {hi}")
+        return x.astype(np.float32, copy=False)
+    if x.dtype != np.uint8:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{name}: integer pixels out of range [0, 255]: min {lo}, max {hi} "
+                f"(dtype {x.dtype})"
+            )
+    return x.astype(np.uint8, copy=False)
+
+
+def from_arrays(images, labels=None, name: str = "custom") -> Split:
+    """Wraps user data as a ``Split`` after ``check_images``.
+
+    Args:
+      images: [N, H, W] or [N, H, W, C], see ``check_images``.
+      labels: [N] integers, or None for unlabelled data (stored as -1).
+      name: used in error messages.
+
+    Returns:
+      Split with images [N, H, W, C] (uint8, or float32 for float input) and labels [N] int32.
+    """
+    images = check_images(images, name)
+    n = images.shape[0]
+    if labels is None:
+        return Split(images, np.full((n,), -1, np.int32))
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name}: labels have shape {labels.shape} but there are {n} images")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    return Split(images, labels.astype(np.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# File formats
+
+
+def read_idx(path, ndim: int) -> np.ndarray:
+    """Reads a (gzipped) IDX file of unsigned bytes.
+
+    Args:
+      path: the file; gunzipped on the fly when its name ends in ``.gz``.
+      ndim: expected number of dimensions (3 for images, 1 for labels); the magic number must
+        be ``0x00000800 + ndim`` (2051 for images, 2049 for labels).
+
+    Returns:
+      uint8 array of the shape in the header, e.g. [N, 28, 28] or [N].
+
+    Raises:
+      ValueError: naming the file, when it is truncated, not gzip, or has a wrong magic number or
+        a data size that disagrees with its header.
+    """
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt or truncated file ({type(e).__name__}: {e})") from e
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX file, {len(raw)} bytes < {header}-byte header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != 0x800 + ndim:
+        raise ValueError(
+            f"{path}: wrong IDX magic number {magic} (expected {0x800 + ndim}: "
+            f"unsigned bytes, {ndim} dims)"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+    if len(raw) - header != int(np.prod(shape)):
+        raise ValueError(
+            f"{path}: corrupt or truncated IDX file, header says shape {shape} "
+            f"({int(np.prod(shape))} bytes) but {len(raw) - header} bytes follow it"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _omniglot_28(grey: Image.Image) -> np.ndarray:
+    """105x105 black-on-white greyscale -> [28, 28] uint8 white-on-black (Lanczos resampling)."""
+    return 255 - np.asarray(grey.convert("L").resize((28, 28), Image.Resampling.LANCZOS))
+
+
+def read_omniglot_zip(path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads an Omniglot zip of ``[top/]alphabet/character/*.png``.
+
+    Args:
+      path: e.g. ``images_background_small1.zip``.
+
+    Returns:
+      images [N, 28, 28] uint8, white strokes on black, resized with PIL Lanczos; labels [N]
+      int32, the index of the (alphabet, character) pair in sorted order within the zip.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = sorted(n for n in z.namelist() if n.lower().endswith(".png"))
+            images = [_omniglot_28(Image.open(io.BytesIO(z.read(n)))) for n in names]
+    except (zipfile.BadZipFile, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt Omniglot zip ({type(e).__name__}: {e})") from e
+    if not names:
+        raise ValueError(f"{path}: no PNG images in the zip")
+    chars = [tuple(n.split("/")[-3:-1]) for n in names]
+    _, labels = np.unique(np.array(chars), axis=0, return_inverse=True)
+    return np.stack(images), labels.reshape(-1).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the files
+
+
+def known_dirs(name: str) -> list[Path]:
+    """Local folders searched after ``data_dir`` / ``$JAXAE_DATA_DIR``, in order."""
+    system = [Path("/usr/share/datasets/fashion-mnist")] if name == "fashion_mnist" else []
+    roots = [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    shared = [root / folder for root in roots for folder in _FOLDERS[name]]
+    return list(dict.fromkeys(system + shared))
+
+
+def _files(name: str, split: str) -> tuple[str, ...]:
+    return (_OMNIGLOT_ZIPS[split],) if name == "omniglot" else _IDX_FILES[split]
+
+
+def _read_dir(name: str, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    if name == "omniglot":
+        return read_omniglot_zip(folder / _OMNIGLOT_ZIPS[split])
+    images_file, labels_file = _IDX_FILES[split]
+    return read_idx(folder / images_file, 3), read_idx(folder / labels_file, 1)
+
+
+def _read_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds  # optional, and slow to import
+
+    tfds_split = _OMNIGLOT_TFDS_SPLITS[split] if name == "omniglot" else split
+    data = tfds.as_numpy(tfds.load(name, split=tfds_split, batch_size=-1, as_supervised=False))
+    images, labels = np.asarray(data["image"]), np.asarray(data["label"])
+    if name == "omniglot":  # RGB 105x105 black-on-white; labels renumbered 0..C-1 in order
+        images = np.stack([_omniglot_28(Image.fromarray(im)) for im in images])
+        labels = np.unique(labels, return_inverse=True)[1]
+    return images, labels
+
+
+def _fix_hint(name: str) -> str:
+    files = sorted({f for split in SPLITS for f in _files(name, split)})
+    folders = " or ".join(f"'{f}/'" for f in _FOLDERS[name])
+    hint = (
+        f"set JAXAE_DATA_DIR (or pass data_dir=) to a folder holding {', '.join(files)} "
+        f"(directly or in a sub-folder {folders})"
+    )
+    if name == "fashion_mnist":
+        hint = f"sudo apt-get install dataset-fashion-mnist, or {hint}"
+    return hint
+
+
+def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = None) -> Split:
+    """Loads one split of a named data set, unprocessed.
+
+    Tries, in order: ``data_dir`` (else ``$JAXAE_DATA_DIR``) and its sub-folder for the data
+    set; the folders of ``known_dirs(name)``; tensorflow-datasets.
+
+    Args:
+      name: one of ``DATASETS``.
+      split: 'train' or 'test'.
+      data_dir: folder holding the files, directly or in a sub-folder named after the data set.
+      allow_tfds: whether to fall back on tensorflow-datasets; None means yes unless the env var
+        ``JAXAE_NO_TFDS`` is set (to anything but '' or '0').
+
+    Returns:
+      Split with images [N, 28, 28, 1] uint8 and labels [N] int32.
+
+    Raises:
+      DatasetNotFoundError: listing every place tried, why it failed, and the fix.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    where = f"{name}/{split}"
+    tried = []
+    user_dir = data_dir if data_dir is not None else os.environ.get("JAXAE_DATA_DIR") or None
+    candidates = []
+    if user_dir is not None:
+        source = "data_dir" if data_dir is not None else "$JAXAE_DATA_DIR"
+        base = Path(user_dir).expanduser()
+        candidates += [(source, d) for d in [base, *(base / f for f in _FOLDERS[name])]]
+    candidates += [("known place", d) for d in known_dirs(name)]
+    for source, folder in candidates:
+        missing = [f for f in _files(name, split) if not (folder / f).is_file()]
+        if not missing:
+            return from_arrays(*_read_dir(name, split, folder), name=where)
+        why = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+        tried.append(f"{source} {folder}: {why}")
+
+    if allow_tfds is None:
+        allow_tfds = os.environ.get("JAXAE_NO_TFDS", "") in ("", "0")
+    if not allow_tfds:
+        tried.append("tensorflow-datasets: skipped (JAXAE_NO_TFDS is set or allow_tfds=False)")
+    else:
+        try:
+            return from_arrays(*_read_tfds(name, split), name=where)
+        except Exception as e:  # no tensorflow, no network, ...: report it with the rest
+            tried.append(f"tensorflow-datasets: {type(e).__name__}: {e}")
+    places = "\n".join(f"  - {t}" for t in tried)
+    raise DatasetNotFoundError(
+        f"data set {name!r} (split {split!r}) not found. Places tried:\n{places}\n"
+        f"Fix: {_fix_hint(name)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms and preprocessing
+
+
+def hflip(images):
+    """Flips left-right. Args: images [..., H, W, C] (NumPy or JAX). Returns: same shape."""
+    return images[..., ::-1, :]
+
+
+def vflip(images):
+    """Flips upside-down. Args: images [..., H, W, C] (NumPy or JAX). Returns: same shape."""
+    return images[..., ::-1, :, :]
+
+
+def pad32(images: np.ndarray) -> np.ndarray:
+    """Zero-pads images to 32x32 (2 pixels each side for 28x28).
+
+    Args:
+      images: [N, H, W, C] with H, W <= 32.
+
+    Returns:
+      [N, 32, 32, C], same dtype, the input centred.
+    """
+    _, h, w, _ = images.shape
+    if h > 32 or w > 32:
+        raise ValueError(f"cannot pad {h}x{w} images to 32x32")
+    pad = [(0, 0), ((32 - h) // 2, (33 - h) // 2), ((32 - w) // 2, (33 - w) // 2), (0, 0)]
+    return np.pad(images, pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Pixels -> float32 model inputs; pure and jittable, hashable so it can be static to jit.
+
+    Attributes:
+      scale: 'unit' for [0, 1], 'centered' for [-0.5, 0.5] (the unit range minus 0.5).
+      dequantize: add uniform noise: uint8 ``x`` becomes ``(x + u) / 256``, ``u ~ U[0, 1)``, and
+        float ``x`` (already in [0, 1]) becomes ``x + u / 256``. Without it uint8 is ``x / 255``.
+    """
+
+    scale: str = "unit"
+    dequantize: bool = False
+
+    def __post_init__(self):
+        if self.scale not in ("unit", "centered"):
+            raise ValueError(f"Preprocess.scale must be 'unit' or 'centered', got {self.scale!r}")
+        if not isinstance(self.dequantize, bool):
+            raise ValueError(f"Preprocess.dequantize must be a bool, got {self.dequantize!r}")
+
+    def __call__(self, images, key=None) -> jax.Array:
+        """Args: images [B, H, W, C] uint8 or float in [0, 1]; key, needed to dequantize.
+
+        Returns: [B, H, W, C] float32.
+        """
+        if self.dequantize and key is None:
+            raise ValueError("Preprocess(dequantize=True) needs a PRNG key")
+        images = jnp.asarray(images)
+        x = images.astype(jnp.float32)
+        if self.dequantize:
+            u = jax.random.uniform(key, x.shape, jnp.float32)
+            x = (x + u) / 256 if images.dtype == jnp.uint8 else x + u / 256
+        elif images.dtype == jnp.uint8:
+            x = x / 255
+        return x - 0.5 if self.scale == "centered" else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _split_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    n = train.images.shape[0]
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}) (the training set size), got {val_size}")
+    if val_size == 0:
+        return train, None
+    perm = np.random.default_rng(seed).permutation(n)
+    # Sorted so that both parts keep the original order of the training set.
+    val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    return Split(*(a[train_idx] for a in train)), Split(*(a[val_idx] for a in train))
+
+
+def load(
+    name: str,
+    *,
+    data_dir=None,
+    val_size: int = 0,
+    pad_to_32: bool = False,
+    transform: str | None = None,
+    seed: int = 0,
+    allow_tfds: bool | None = None,
+) -> Dataset:
+    """Loads a named data set with labels, as host NumPy arrays.
+
+    Args:
+      name: 'fashion_mnist', 'mnist' or 'omniglot'.
+      data_dir: where the files are; see ``load_raw`` for the search order.
+      val_size: number of training images held out as the validation split, chosen by a NumPy
+        permutation seeded with ``seed``; 0 for none.
+      pad_to_32: zero-pad the 28x28 images to 32x32.
+      transform: None, 'hflip' or 'vflip', applied to every split (out-of-distribution sets).
+      seed: seed of the validation permutation.
+      allow_tfds: fall back on tensorflow-datasets; see ``load_raw``.
+
+    Returns:
+      Dataset(name, train, val, test); each Split has images [N, H, W, 1] uint8 (H = W = 28, or
+      32 when padded) and labels [N] int32; val is None when val_size is 0.
+    """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    train, test = (load_raw(name, s, data_dir, allow_tfds=allow_tfds) for s in SPLITS)
+    train, val = _split_val(train, val_size, seed)
+
+    def finish(split):
+        if split is None:
+            return None
+        images = split.images
+        if transform is not None:
+            images = np.ascontiguousarray({"hflip": hflip, "vflip": vflip}[transform](images))
+        return Split(pad32(images) if pad_to_32 else images, split.labels)
+
+    return Dataset(name, finish(train), finish(val), finish(test))

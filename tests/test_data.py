@@ -1,0 +1,351 @@
+"""Tests for jaxae.data: IDX reading, file resolution, real data sets, transforms, validation."""
+
+import gzip
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxae import data
+
+TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
+TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("JAXAE_NO_TFDS", "1")
+    monkeypatch.delenv("JAXAE_DATA_DIR", raising=False)
+
+
+def write_idx(path, array, magic=None):
+    array = np.asarray(array, np.uint8)
+    magic = 0x800 + array.ndim if magic is None else magic
+    header = np.array([magic, *array.shape], ">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_mnist_dir(folder, n_train=12, n_test=5, label=0, images=None):
+    """Tiny IDX data set; all labels equal `label`, so tests can tell folders apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (n_train, 28, 28)) if images is None else images
+    write_idx(folder / TRAIN_IMAGES, train)
+    write_idx(folder / TRAIN_LABELS, np.full(len(train), label))
+    write_idx(folder / TEST_IMAGES, rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx(folder / TEST_LABELS, np.full(n_test, label))
+    return folder
+
+
+@pytest.fixture
+def no_known_dirs(monkeypatch, tmp_path):
+    dirs = [tmp_path / "known1", tmp_path / "known2"]
+    monkeypatch.setattr(data, "known_dirs", lambda name: dirs)
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX reader
+
+
+def test_read_idx_roundtrip(tmp_path):
+    images = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    write_idx(tmp_path / "img.gz", images)
+    write_idx(tmp_path / "lab.gz", [7, 3])
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "img.gz", 3), images)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "lab.gz", 1), [7, 3])
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    path = tmp_path / TRAIN_IMAGES
+    write_idx(path, np.zeros((10, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=f"{TRAIN_IMAGES}: corrupt or truncated"):
+        data.read_idx(path, 3)
+
+
+def test_read_idx_data_shorter_than_header_says(tmp_path):
+    path = tmp_path / TRAIN_LABELS
+    with gzip.open(path, "wb") as f:
+        f.write(np.array([0x801, 10], ">u4").tobytes() + bytes(9))
+    with pytest.raises(ValueError, match=rf"{TRAIN_LABELS}: corrupt or truncated IDX.*\(10,\)"):
+        data.read_idx(path, 1)
+
+
+def test_read_idx_wrong_magic(tmp_path):
+    path = tmp_path / TRAIN_LABELS
+    write_idx(path, np.zeros(4), magic=0x803)  # labels file claiming to hold images
+    with pytest.raises(ValueError, match=f"{TRAIN_LABELS}: wrong IDX magic number 2051"):
+        data.read_idx(path, 1)
+
+
+def test_corrupt_file_found_on_search_path_raises(tmp_path, no_known_dirs):
+    folder = write_mnist_dir(tmp_path / "d")
+    (folder / TEST_LABELS).write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=f"{TEST_LABELS}: corrupt"):
+        data.load("mnist", data_dir=folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the files are
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    explicit = write_mnist_dir(tmp_path / "explicit", label=1)
+    env = write_mnist_dir(tmp_path / "env" / "mnist", label=2).parent  # in a sub-folder
+    known = write_mnist_dir(tmp_path / "known", label=3)
+    monkeypatch.setattr(data, "known_dirs", lambda name: [tmp_path / "missing", known])
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(env))
+    assert data.load_raw("mnist", "train", explicit).labels[0] == 1
+    assert data.load_raw("mnist", "train").labels[0] == 2
+    monkeypatch.delenv("JAXAE_DATA_DIR")
+    assert data.load_raw("mnist", "train").labels[0] == 3
+
+
+@pytest.mark.parametrize("folder", ["fashion-mnist", "fashion_mnist", "."])
+def test_fashion_subfolders(tmp_path, no_known_dirs, folder):
+    write_mnist_dir(tmp_path / folder, label=4)
+    ds = data.load("fashion_mnist", data_dir=tmp_path)
+    assert ds.train.images.shape == (12, 28, 28, 1) and ds.test.labels.tolist() == [4] * 5
+
+
+def test_not_found_lists_every_place_and_fix(tmp_path, monkeypatch, no_known_dirs):
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "env"))
+    (tmp_path / "env").mkdir()
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load_raw("fashion_mnist", "train")
+    msg = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert "'fashion_mnist'" in msg
+    places = [
+        tmp_path / "env",
+        tmp_path / "env" / "fashion-mnist",
+        tmp_path / "env" / "fashion_mnist",
+    ]
+    for place in places + no_known_dirs:
+        assert f"{place}: " in msg
+    assert f"{tmp_path / 'env'}: missing {TRAIN_IMAGES}, {TRAIN_LABELS}" in msg
+    assert f"{no_known_dirs[0]}: no such folder" in msg
+    assert "tensorflow-datasets: skipped" in msg
+    assert "sudo apt-get install dataset-fashion-mnist" in msg and "JAXAE_DATA_DIR" in msg
+
+
+def test_not_found_records_tfds_failure(monkeypatch, no_known_dirs):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
+    with pytest.raises(
+        data.DatasetNotFoundError, match="tensorflow-datasets: ModuleNotFoundError"
+    ) as e:
+        data.load_raw("omniglot", "test", allow_tfds=True)
+    assert "images_background_small2.zip" in str(e.value)
+    assert "Fix: set JAXAE_DATA_DIR (or pass data_dir=)" in str(e.value)
+
+
+def test_omniglot_zip_labels_and_inversion(tmp_path, no_known_dirs):
+    black_on_white = Image.fromarray(np.full((105, 105), 255, np.uint8))
+    with zipfile.ZipFile(tmp_path / "images_background_small1.zip", "w") as z:
+        for path in [
+            "top/B/character02/x.png",
+            "top/A/character09/y.png",
+            "top/B/character01/z.png",
+        ]:
+            with z.open(path, "w") as f:
+                black_on_white.save(f, format="PNG")
+    images, labels = data.read_omniglot_zip(tmp_path / "images_background_small1.zip")
+    assert images.shape == (3, 28, 28) and images.dtype == np.uint8
+    assert images.max() == 0  # white background -> black
+    # sorted paths: A/character09, B/character01, B/character02
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# The real files (present on this machine; CI installs Fashion-MNIST, so a miss fails)
+
+
+def test_real_mnist():
+    ds = data.load("mnist")
+    assert ds.train.images.shape == (60000, 28, 28, 1) and ds.train.images.dtype == np.uint8
+    assert ds.test.images.shape == (10000, 28, 28, 1)
+    assert ds.train.labels.dtype == np.int32
+    assert ds.train.labels[:5].tolist() == [5, 0, 4, 1, 9]
+    assert ds.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_real_fashion_mnist():
+    ds = data.load("fashion_mnist")
+    assert ds.train.images.shape == (60000, 28, 28, 1) and ds.test.images.shape == (
+        10000,
+        28,
+        28,
+        1,
+    )
+    assert ds.train.images.dtype == np.uint8 and ds.test.labels.dtype == np.int32
+    assert sorted(np.unique(ds.train.labels)) == list(range(10))
+
+
+def test_real_omniglot():
+    ds = data.load("omniglot")
+    for split, n, chars in [(ds.train, 2720, 136), (ds.test, 3120, 156)]:
+        assert split.images.shape == (n, 28, 28, 1) and split.images.dtype == np.uint8
+        np.testing.assert_array_equal(np.bincount(split.labels), np.full(chars, 20))
+        border = np.concatenate([split.images[:, :2].ravel(), split.images[:, -2:].ravel()])
+        assert border.mean() < 5  # black background
+        assert split.images.max() == 255 and split.images.mean() < 40  # white strokes
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms and preprocessing
+
+
+def test_flips_match_numpy():
+    x = np.arange(2 * 3 * 4 * 2).reshape(2, 3, 4, 2)
+    np.testing.assert_array_equal(data.hflip(x), np.flip(x, 2))
+    np.testing.assert_array_equal(data.vflip(x), np.flip(x, 1))
+    np.testing.assert_array_equal(data.hflip(jnp.asarray(x)), np.flip(x, 2))
+    np.testing.assert_array_equal(jax.jit(data.vflip)(jnp.asarray(x)), np.flip(x, 1))
+
+
+def test_load_transform(tmp_path, no_known_dirs):
+    folder = write_mnist_dir(tmp_path)
+    plain = data.load("mnist", data_dir=folder)
+    flipped = data.load("mnist", data_dir=folder, transform="vflip")
+    np.testing.assert_array_equal(flipped.test.images, np.flip(plain.test.images, 1))
+    with pytest.raises(ValueError, match="transform must be one of"):
+        data.load("mnist", data_dir=folder, transform="rot90")
+
+
+X_U8 = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)
+
+
+@pytest.mark.parametrize("scale, lo, hi", [("unit", 0.0, 1.0), ("centered", -0.5, 0.5)])
+def test_preprocess_scale(scale, lo, hi):
+    y = jax.jit(data.Preprocess(scale))(X_U8)
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, X_U8 / 255 + lo, atol=1e-6)
+    assert float(y.min()) == lo and float(y.max()) == pytest.approx(hi)
+
+
+def test_preprocess_dequantize_under_jit():
+    unit, centered = data.Preprocess("unit", True), data.Preprocess("centered", True)
+    both = jax.jit(lambda x, key: (unit(x, key), centered(x, key)))  # one compile: both scales
+    y, y_centered = (np.asarray(a) for a in both(X_U8, jax.random.key(0)))
+    x = X_U8.astype(np.float64)
+    assert y.dtype == np.float32 and np.all(y >= x / 256) and np.all(y < (x + 1) / 256)
+    np.testing.assert_allclose(y_centered, y - 0.5, atol=1e-6)
+
+
+def test_preprocess_float_input():
+    x = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
+    np.testing.assert_array_equal(data.Preprocess()(x), x)
+    y = np.asarray(jax.jit(data.Preprocess(dequantize=True))(x, jax.random.key(1)))
+    assert np.all(y >= x) and np.all(y < x + 1 / 256)
+
+
+def test_preprocess_errors():
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        data.Preprocess(dequantize=True)(X_U8)
+    with pytest.raises(ValueError, match="Preprocess.scale"):
+        data.Preprocess("minus_one_one")
+    with pytest.raises(ValueError, match="Preprocess.dequantize"):
+        data.Preprocess(dequantize="yes")
+    assert hash(data.Preprocess()) == hash(data.Preprocess("unit", False))
+
+
+def test_val_split(tmp_path, no_known_dirs):
+    n = 300
+    ids = np.arange(n)
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = ids % 256, ids // 256
+    folder = write_mnist_dir(tmp_path, images=images)
+    decode = lambda split: split.images[:, 0, 0, 0] + 256 * split.images[:, 0, 1, 0].astype(int)
+
+    ds = data.load("mnist", data_dir=folder, val_size=50, seed=1)
+    assert len(ds.train.images) == 250 and len(ds.val.images) == 50 and len(ds.val.labels) == 50
+    train_ids, val_ids = decode(ds.train), decode(ds.val)
+    assert not set(train_ids) & set(val_ids)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_ids, val_ids])), ids)
+    np.testing.assert_array_equal(
+        decode(data.load("mnist", data_dir=folder, val_size=50, seed=1).val), val_ids
+    )
+    assert not np.array_equal(
+        decode(data.load("mnist", data_dir=folder, val_size=50, seed=2).val), val_ids
+    )
+    assert data.load("mnist", data_dir=folder).val is None
+    with pytest.raises(ValueError, match="val_size must be in"):
+        data.load("mnist", data_dir=folder, val_size=n)
+
+
+def test_pad_to_32(tmp_path, no_known_dirs):
+    folder = write_mnist_dir(tmp_path)
+    plain = data.load("mnist", data_dir=folder)
+    padded = data.load("mnist", data_dir=folder, pad_to_32=True)
+    assert padded.train.images.shape == (12, 32, 32, 1) and padded.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(padded.train.images[:, 2:30, 2:30], plain.train.images)
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert np.all(padded.train.images[:, border] == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of user data
+
+
+def test_from_arrays_accepts_good_input():
+    split = data.from_arrays(np.zeros((3, 5, 6), np.int64), [0, 1, 2])
+    assert split.images.shape == (3, 5, 6, 1) and split.images.dtype == np.uint8
+    assert split.labels.dtype == np.int32
+    floats = data.from_arrays(np.full((2, 4, 4, 3), 0.5))
+    assert floats.images.dtype == np.float32 and floats.labels.tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (2, 28, 28, 1, 1)])
+def test_bad_rank(shape):
+    with pytest.raises(ValueError, match=f"wrong rank {len(shape)}"):
+        data.check_images(np.zeros(shape, np.uint8), "mine")
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64, np.str_, object])
+def test_bad_dtype(dtype):
+    with pytest.raises(TypeError, match="mine: unsupported dtype"):
+        data.check_images(np.zeros((2, 4, 4), dtype), "mine")
+
+
+def test_integer_out_of_range():
+    x = np.zeros((2, 4, 4), np.int32)
+    x[0, 0, 0], x[1, 1, 1] = -1, 300
+    with pytest.raises(
+        ValueError, match=r"integer pixels out of range \[0, 255\]: min -1, max 300"
+    ):
+        data.check_images(x)
+
+
+def test_nan_and_inf():
+    x = np.zeros((2, 4, 4), np.float32)
+    x[0, :2, 0], x[1, 0, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match="2 NaN and 1 inf pixels"):
+        data.check_images(x)
+
+
+def test_float_out_of_range():
+    x = np.linspace(-0.25, 2.0, 32).reshape(2, 4, 4)
+    with pytest.raises(ValueError, match=r"out of range \[0, 1\]: min -0.25, max 2.0"):
+        data.check_images(x)
+
+
+def test_empty():
+    with pytest.raises(ValueError, match=r"empty data set.*\(N == 0\)"):
+        data.from_arrays(np.zeros((0, 28, 28), np.uint8))
+
+
+def test_labels_length_mismatch():
+    with pytest.raises(ValueError, match="labels have shape \\(2,\\) but there are 3 images"):
+        data.from_arrays(np.zeros((3, 4, 4), np.uint8), [0, 1])
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="unknown data set 'cifar10'"):
+        data.load("cifar10")

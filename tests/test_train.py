@@ -1,0 +1,201 @@
+"""Trainer: 1 vs 4 devices, exact resume, the fast path, non-finite guard, config errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxae import nets, objectives, parallel, train
+from jaxae.config import TrainConfig
+
+SHAPE = (8, 8, 1)
+
+
+def _setup(seed=0, latent=4):
+    model = nets.make_model("mlp", SHAPE, latent, seed=seed)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, objectives.autoencoder_mse(graphdef)
+
+
+def _images(n=96, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+def _prepare(batch, key):
+    # dequantization noise makes the result depend on the per-step key as well
+    x = (batch["image"].astype(jnp.float32) + jax.random.uniform(key, batch["image"].shape)) / 256
+    return {**batch, "image": x}
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _config(**kw):
+    base = dict(dataset="synthetic", latent_dim=4, batch_size=16, epochs=3, learning_rate=1e-2)
+    return TrainConfig(**{**base, **kw})
+
+
+def _fit(tmp_path, name, config, mesh=None, **kw):
+    _, params, loss_fn = _setup()
+    return train.fit(
+        config,
+        tmp_path / name,
+        params=params,
+        loss_fn=loss_fn,
+        train={"image": _images()},
+        prepare=_prepare,
+        mesh=mesh,
+        progress=False,
+        **kw,
+    )
+
+
+def test_one_and_four_devices_agree(tmp_path):
+    assert len(jax.devices()) == 4, "conftest sets JAX_NUM_CPU_DEVICES=4"
+    cfg = _config(epochs=2)
+    one = _fit(tmp_path, "one", cfg, mesh=parallel.data_mesh(jax.devices()[:1]))
+    four = _fit(tmp_path, "four", cfg, mesh=parallel.data_mesh())
+    init = _leaves(_setup()[1])
+    for a, b, c in zip(
+        _leaves(one.state["params"]), _leaves(four.state["params"]), init, strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(a, c)  # it trained
+    assert int(four.state["step"]) == 2 * (96 // 16)
+
+
+def test_step_path_equals_scan_path():
+    """The per-step jitted path (host-fed batches) and the scanned fast path agree."""
+    graphdef, params, loss_fn = _setup()
+    opt = optax.adam(1e-2)
+    mesh = parallel.data_mesh()
+    images = _images()
+    state0 = train.init_state(params, opt, seed=0)
+    perm = np.asarray(train.epoch_permutation(train.data_key(0), 0, len(images)))
+
+    step = train.make_train_step(loss_fn, opt, mesh, prepare=_prepare)
+    s = parallel.replicate(state0, mesh)
+    for t in range(4):
+        batch = parallel.shard_batch({"image": images[perm[t * 16 : (t + 1) * 16]]}, mesh)
+        s, m = step(s, batch)
+    chunk = train.make_train_chunk(loss_fn, opt, 16, mesh, prepare=_prepare)
+    c, ms = chunk(
+        parallel.replicate(state0, mesh), parallel.replicate({"image": images}, mesh), perm, 0, 4
+    )
+    assert ms["loss"].shape == (4,)
+    np.testing.assert_allclose(float(m["loss"]), float(ms["loss"][-1]), rtol=1e-5)
+    for a, b in zip(_leaves(s["params"]), _leaves(c["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps_per_call", [0, 2])
+def test_resume_is_bit_exact(tmp_path, steps_per_call):
+    """Stop after step s, resume to 2s: identical to an uninterrupted run, data order included."""
+    s = 9  # not an epoch boundary (6 steps per epoch): the resume starts mid-epoch
+    cfg = _config(epochs=3, checkpoint_every=3, steps_per_call=steps_per_call)
+    full = _fit(tmp_path, "full", cfg.replace(max_steps=2 * s))
+    first = _fit(tmp_path, "cut", cfg.replace(max_steps=s))
+    assert int(first.state["step"]) == s and first.resumed_from is None
+    second = _fit(tmp_path, "cut", cfg.replace(max_steps=2 * s))
+    assert second.resumed_from == s and int(second.state["step"]) == 2 * s
+    for a, b in zip(_leaves(full.state), _leaves(second.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # metrics.jsonl holds both runs' lines and continues where the first stopped
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [x["step"] for x in full.history]
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    _fit(tmp_path, "run", _config(max_steps=3))
+    with pytest.raises(ValueError, match=r"cannot resume.*batch_size: 16 -> 32"):
+        _fit(tmp_path, "run", _config(batch_size=32))
+
+
+def test_chunk_compiles_once_per_length(tmp_path):
+    """Sizes are static: three epochs of equal chunks must not retrace the step."""
+    graphdef, params, loss_fn = _setup()
+    opt = optax.adam(1e-3)
+    mesh = parallel.data_mesh()
+    chunk = train.make_train_chunk(loss_fn, opt, 16, mesh, prepare=_prepare)
+    state = parallel.replicate(train.init_state(params, opt, 0), mesh)
+    data = parallel.replicate({"image": _images()}, mesh)
+    for epoch in range(3):
+        perm = train.epoch_permutation(train.data_key(0), epoch, 96)
+        state, _ = chunk(state, data, perm, 0, 6)
+    assert chunk._cache_size() == 1
+
+
+def test_non_finite_loss_names_step_and_term(tmp_path):
+    _, params, loss_fn = _setup()
+    images = _images()
+    flag = np.zeros(len(images), np.float32)
+    flag[37] = 1.0  # one poisoned example
+
+    def poisoned(params, batch, key):
+        terms = loss_fn(params, batch, key)
+        recon = terms["mse"] + jnp.where(batch["flag"] > 0, jnp.nan, 0.0)
+        return {"loss": recon, "recon": recon}
+
+    cfg = _config(epochs=3, checkpoint_every=2)
+    with pytest.raises(
+        train.NonFiniteLossError, match=r"non-finite value in recon, loss at step"
+    ) as e:
+        train.fit(
+            cfg,
+            tmp_path / "nan",
+            params=params,
+            loss_fn=poisoned,
+            train={"image": images, "flag": flag},
+            prepare=_prepare,
+            progress=False,
+        )
+    # the poisoned example appears in epoch 0: the step is where it was drawn
+    perm = np.asarray(train.epoch_permutation(train.data_key(0), 0, 96))
+    assert e.value.step == int(np.argmax(perm == 37)) // 16 + 1
+    assert "recon" in e.value.terms
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=-1e-3)
+    with pytest.raises(ValueError, match="latent_dim"):
+        TrainConfig(latent_dim=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="model"):
+        TrainConfig(model="transformer")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"latent": 3})
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by the device count 4"):
+        _fit(tmp_path, "x", _config(batch_size=18))
+
+
+def test_empty_dataset(tmp_path):
+    _, params, loss_fn = _setup()
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train.fit(
+            _config(),
+            tmp_path / "e",
+            params=params,
+            loss_fn=loss_fn,
+            train={"image": _images(0)},
+            progress=False,
+        )
+
+
+def test_evaluate_masks_the_padded_batch():
+    graphdef, params, loss_fn = _setup()
+    images = _images(37).astype(np.float32) / 255
+    got = train.evaluate(
+        lambda p, b: {"mse": loss_fn(p, b, None)["mse"]}, params, {"image": images}, 8
+    )
+    want = np.mean(np.asarray(loss_fn(params, {"image": jnp.asarray(images)}, None)["mse"]))
+    np.testing.assert_allclose(got["mse"], want, rtol=1e-5)
