@@ -35,7 +35,7 @@ fashion-mnist:
 demo: venv fashion-mnist
 	$(PY) -m experiments.demo $(DEMO_ARGS)
 
-test: venv
+test: venv fashion-mnist
 	$(PY) -m pytest -q tests
 
 lint: venv

@@ -25,6 +25,7 @@ import dataclasses
 import gzip
 import io
 import os
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -305,6 +306,11 @@ def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = 
     if not allow_tfds:
         tried.append("tensorflow-datasets: skipped (JAXAE_NO_TFDS is set or allow_tfds=False)")
     else:
+        print(
+            f"jaxae.data: {name} not found locally; trying tensorflow-datasets, which downloads "
+            "(set JAXAE_NO_TFDS=1 to skip)",
+            file=sys.stderr,
+        )
         try:
             return from_arrays(*_read_tfds(name, split), name=where)
         except Exception as e:  # no tensorflow, no network, ...: report it with the rest

@@ -239,7 +239,10 @@ def fit(
     optimizer = optimizer or optax.adam(config.learning_rate)
 
     # --- Input: the whole dataset lives on the devices.
-    num_examples = len(next(iter(train.values())))
+    sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in train.items()}
+    if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"train arrays need one shared leading example axis, got sizes {sizes}")
+    num_examples = next(iter(sizes.values()))
     steps_per_epoch = num_examples // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(

@@ -199,3 +199,16 @@ def test_evaluate_masks_the_padded_batch():
     )
     want = np.mean(np.asarray(loss_fn(params, {"image": jnp.asarray(images)}, None)["mse"]))
     np.testing.assert_allclose(got["mse"], want, rtol=1e-5)
+
+
+def test_train_arrays_of_different_lengths(tmp_path):
+    _, params, loss_fn = _setup()
+    with pytest.raises(ValueError, match="shared leading example axis"):
+        train.fit(
+            _config(),
+            tmp_path / "x",
+            params=params,
+            loss_fn=loss_fn,
+            train={"image": _images(96), "label": np.zeros(95, np.int32)},
+            progress=False,
+        )
