@@ -141,7 +141,9 @@ def make_train_chunk(
     def chunk(state, data, perm, start, num_steps):
         def body(state, t):
             idx = jax.lax.dynamic_slice_in_dim(perm, (start + t) * batch_size, batch_size)
-            batch = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[idx], data), sharded)
+            # Gather whole rows of a 2-D view: XLA:CPU gathers [N, 28, 28, 1] uint8 slowly.
+            rows = lambda a: a.reshape(a.shape[0], -1)[idx].reshape(batch_size, *a.shape[1:])
+            batch = jax.lax.with_sharding_constraint(jax.tree.map(rows, data), sharded)
             return train_step(state, batch)
 
         return jax.lax.scan(body, state, jnp.arange(num_steps))

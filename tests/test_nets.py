@@ -75,7 +75,7 @@ def test_mlp_shapes_and_parameter_count():
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 1)])
 def test_conv_shapes(shape):
     model = nets.make_model("conv", shape, 8)
-    out = model(jnp.zeros((2, *shape)))
+    out = jax.jit(lambda x: model(x))(jnp.zeros((2, *shape)))
     assert out.recon.shape == (2, *shape) and out.code.shape == (2, 8)
 
 
@@ -84,3 +84,18 @@ def test_unknown_model_and_bad_shape():
         nets.make_model("resnet", (28, 28, 1), 8)
     with pytest.raises(ValueError, match="divisible by 4"):
         nets.make_model("conv", (30, 30, 1), 8)
+
+
+@pytest.mark.parametrize(
+    "size,stride,k", [((7, 7), 1, 3), ((28, 28), 2, 3), ((9, 6), 2, 3), ((5, 5), 1, 1)]
+)
+def test_conv2d_same_matches_lax(size, stride, k):
+    kx, kw = jax.random.split(jax.random.PRNGKey(3))
+    x = jax.random.normal(kx, (2, *size, 3))
+    w = jax.random.normal(kw, (k, k, 3, 4))
+    ref = jax.lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = nets.conv2d_same(x, w, stride)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
