@@ -15,6 +15,9 @@ timings vary up to 1.6x between runs, so compare ratios within one run, never ac
   data, ``prepare`` = `Preprocess('unit')` as in `experiments/demo.py`.
 - ``conv_ae``: the conv autoencoder, same settings; it is slow, so each call runs
   ``--conv-steps`` steps and ``s_per_epoch`` is extrapolated (``"extrapolated": true``).
+- ``heads``: every K=1 MLP likelihood head of the VPAE (`jaxae.heads`), ``--head-steps`` steps
+  per timed call, extrapolated to an epoch, with ``ratio_to_mse`` against the mse head measured
+  in the same run (the paper: normal_full and t_full ~60 s/epoch on a GTX 1060).
 - ``devices``: the MLP epoch with ``JAX_NUM_CPU_DEVICES=1`` and ``=2``, each in a subprocess
   (XLA fixes the device count at process start), and their ratio.
 - ``matmul_recheck``: the matmul rate again at the end, to see whether the load drifted.
@@ -55,13 +58,15 @@ from flax import nnx
 
 from jaxae import data as jdata
 from jaxae import nets, objectives, parallel, train
+from jaxae.heads import HEADS, Head
+from jaxae.models import VPAE
 
 TARGET_RATIO = 0.4  # the issue's target: MLP epoch at >= 40% of the matmul rate
 BATCH_SIZE = 128
 LATENT_DIM = 32
 LEARNING_RATE = 1e-3
 SEED = 0
-CASES = ("mlp_ae", "conv_ae", "devices")
+CASES = ("mlp_ae", "conv_ae", "devices", "heads")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,6 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (>= 3)")
     p.add_argument("--conv-steps", type=int, default=None, help="steps per timed conv call")
+    p.add_argument("--head-steps", type=int, default=None, help="steps per timed head call")
     p.add_argument("--devices-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
@@ -89,6 +95,8 @@ def parse_args(argv=None):
         p.error("--repeats must be >= 3 (s_per_epoch is a median)")
     if args.conv_steps is None:
         args.conv_steps = 1 if args.quick else 10
+    if args.head_steps is None:
+        args.head_steps = 5 if args.quick else 40
     # MLP steps per timed call: a whole epoch, or a few hundred steps when quick.
     args.mlp_steps = 200 if args.quick else None
     return args
@@ -196,10 +204,19 @@ def mlp_flops_per_step(b: int, d: int = 784, h: int = LATENT_DIM) -> dict[str, f
 
 
 def _setup(model_name: str, images: np.ndarray, mesh):
-    """Model, loss, optimizer, preprocessing and on-device data, as `experiments/demo.py`."""
-    model = nets.make_model(model_name, images.shape[1:], LATENT_DIM, seed=SEED)
-    graphdef, params = nnx.split(model, nnx.Param)
-    loss_fn = objectives.autoencoder_mse(graphdef)
+    """Model, loss, optimizer, preprocessing and on-device data, as `experiments/demo.py`.
+
+    `model_name` is 'mlp' or 'conv' (autoencoders), or 'head:<name>' for the VPAE's MLP with
+    that likelihood head (K=1), trained on its negative log-likelihood.
+    """
+    if model_name.startswith("head:"):
+        model = VPAE(Head(model_name[5:], image_shape=images.shape[1:]), "mlp", seed=SEED)
+        graphdef, params = nnx.split(model, nnx.Param)
+        loss_fn = objectives.vpae_nll(graphdef)
+    else:
+        model = nets.make_model(model_name, images.shape[1:], LATENT_DIM, seed=SEED)
+        graphdef, params = nnx.split(model, nnx.Param)
+        loss_fn = objectives.autoencoder_mse(graphdef)
     optimizer = optax.adam(LEARNING_RATE)
     pre = jdata.Preprocess(scale="unit")
 
@@ -208,6 +225,29 @@ def _setup(model_name: str, images: np.ndarray, mesh):
 
     data = parallel.replicate({"image": images}, mesh)
     return params, loss_fn, optimizer, prepare, data
+
+
+def heads_case(images, args, mesh) -> list[dict]:
+    """s/epoch of every K=1 MLP head of the VPAE, relative to `mse` measured in this run."""
+    lines, ref = [], None
+    for name in HEADS:
+        r = time_training(f"head:{name}", images, args.head_steps, args.repeats, mesh, False)
+        ref = ref or r["s_per_epoch"]
+        lines.append(
+            {
+                "case": "head",
+                "head": name,
+                "K": 1,
+                "compile_s": r["compile_s"],
+                "timed_steps_per_call": r["timed_steps_per_call"],
+                "extrapolated": r["extrapolated"],
+                "s_per_epoch": r["s_per_epoch"],
+                "ratio_to_mse": r["s_per_epoch"] / ref,
+                "loss_first": r["loss_first"],
+                "loss_last": r["loss_last"],
+            }
+        )
+    return lines
 
 
 def time_training(
@@ -366,7 +406,7 @@ def main(argv=None) -> list[dict]:
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
         }
     )
-    if "mlp_ae" in args.cases or "conv_ae" in args.cases:
+    if {"mlp_ae", "conv_ae", "heads"} & set(args.cases):
         ds = jdata.load("fashion_mnist", data_dir=args.data_dir)
         mesh = parallel.data_mesh()
     if "mlp_ae" in args.cases:
@@ -383,6 +423,9 @@ def main(argv=None) -> list[dict]:
         report(training_case("conv_ae", "conv", ds.train.images, args.conv_steps, args, mesh, mm))
     if "devices" in args.cases:
         report(devices_case(args))
+    if "heads" in args.cases:
+        for line in heads_case(ds.train.images, args, mesh):
+            report(line)
     again = matmul_reference(2048, mm_repeats)
     report(
         {

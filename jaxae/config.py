@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-MODELS = ("mlp", "conv")
+MODELS = ("mlp", "conv", "cnn")
 SCALES = ("unit", "centered")
 
 
@@ -19,7 +19,10 @@ class TrainConfig:
 
     Attributes:
       dataset: a name known to `jaxae.data` (fashion_mnist, mnist, omniglot).
-      model: 'mlp' (784-latent-784, ReLU code, linear output) or 'conv'.
+      model: 'mlp' (784-latent-784, ReLU code, linear output), 'conv' (small conv AE), or
+        'cnn' (the VPAE paper's CNN, matrix heads only).
+      head: the likelihood head (`jaxae.heads.HEADS`); 'mse' is the plain autoencoder.
+      mixture_k: number of mixture components of the head.
       latent_dim: size of the code.
       batch_size: global batch size, split over all devices.
       epochs: passes over the training set (the last incomplete batch of each is dropped).
@@ -37,6 +40,8 @@ class TrainConfig:
 
     dataset: str = "fashion_mnist"
     model: str = "mlp"
+    head: str = "mse"
+    mixture_k: int = 1
     latent_dim: int = 32
     batch_size: int = 128
     epochs: int = 5
@@ -59,7 +64,7 @@ class TrainConfig:
             bad("model", f"must be one of {MODELS}")
         if self.scale not in SCALES:
             bad("scale", f"must be one of {SCALES}")
-        for field in ("latent_dim", "batch_size", "epochs", "keep_checkpoints"):
+        for field in ("latent_dim", "batch_size", "epochs", "keep_checkpoints", "mixture_k"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(field, "must be a positive integer")

@@ -1,6 +1,10 @@
 """Per-example training objectives. A loss function maps ``(params, batch, key)`` to a dict of
 per-example terms ``{name: [B]}`` that must include ``'loss'``; it never reduces over the batch
 (the trainer does that, in one place, `jaxae.train.reduce_terms`).
+
+`vpae_nll` is the VPAE objective (Ciobanu 2021, Sec. 3.1): the negative log-likelihood of the
+image under the head's distribution, -log p(x | f(x)); for the VAE head the negative ELBO,
+-E_q[log p(x | z)] + KL(q(z | x) || N(0, I)) with one reparameterised sample.
 """
 
 from __future__ import annotations
@@ -25,5 +29,23 @@ def autoencoder_mse(graphdef: nnx.GraphDef):
         out = model(batch["image"])
         mse = squared_error(batch["image"], out.recon)  # [B]
         return {"loss": mse, "mse": mse}
+
+    return loss_fn
+
+
+def vpae_nll(graphdef: nnx.GraphDef):
+    """Per-example loss of a `jaxae.models.VPAE`: {'loss', 'nll' (or 'mse'), 'kl' for the VAE}."""
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        x, head = batch["image"], model.head
+        raw, kl = model(x, key)
+        if head.name == "mse":
+            mse = squared_error(x.reshape(x.shape[0], -1), raw)
+            return {"loss": mse, "mse": mse}
+        nll = -model.likelihood(raw).log_prob(head.to_event(x))  # nats per image
+        if head.name == "vae":
+            return {"loss": nll + kl, "nll": nll, "kl": kl}
+        return {"loss": nll, "nll": nll}
 
     return loss_fn

@@ -1,0 +1,284 @@
+"""Likelihood heads of the Vanilla Probabilistic Autoencoder (Ciobanu 2021, Sec. 3.1).
+
+A head turns the raw decoder output f(x) [B, P] into a distribution over the image,
+``X_rec | x ~ Distribution(parameters = f(x))``; the training loss is its negative
+log-likelihood. Heads are pure functions chosen by name from `HEADS`:
+
+| name | distribution (per component) | P per component |
+| --- | --- | --- |
+| mse | squared error (mean over pixels), no distribution | D |
+| normal_identity / _diag / _full | N(mu, I), N(mu, diag(s^2)), N(mu, L L^T) | D, 2D, D + D(D+1)/2 |
+| t_identity / _diag / _full | multivariate t(df, mu, Sigma), Sigma as above | 1 + the normal's |
+| maf | MAF (one MADE layer, 10 ReLU units) on N(f(x), I) | D (+ the MADE's own weights) |
+| matrix_normal_identity / _diag / _full | MN(M, U, V), U, V: I, diag, tril | D, D+H+W, D+2 tri |
+| matrix_t_identity / _diag / _full | matrix t (TFP's MatrixTLinearOperator) | 1 + the MN's |
+| vae | the VAE's diagonal-Normal decoder likelihood | 2D |
+
+Every head but mse, maf and vae is also a mixture of K components with input-dependent weights
+(`distrax.MixtureSameFamily` over stacked parameters); its raw output starts with K logits. As
+in the paper's code, K = 1 still emits its one (inert) logit, so P = 25,120 + 33 P_head
+reproduces the paper's parameter counts. Constraints as in the paper: a positive value is
+1e-6 + softplus(raw); a positive-definite factor is a lower triangle filled from raw values
+with a 1e-6 + softplus diagonal (TFP's FillScaleTriL), so the covariance is L L^T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+from jaxae import distributions as jd
+
+FAMILIES = {"normal": False, "t": True, "matrix_normal": False, "matrix_t": True}  # has df
+SCALES = ("identity", "diag", "full")
+HEADS = (
+    "mse",
+    *(f"{f}_{s}" for f in ("normal", "t") for s in SCALES),
+    "maf",
+    *(f"{f}_{s}" for f in ("matrix_normal", "matrix_t") for s in SCALES),
+    "vae",
+)
+EPS = 1e-6
+# Above this many bytes of estimated training memory a head needs force=True (the paper marks
+# K=10 with full covariance as out of memory).
+MEMORY_LIMIT = 8 * 2**30
+
+
+def positive(raw):
+    """The paper's constraint for a strictly positive value: 1e-6 + softplus(raw)."""
+    return EPS + jax.nn.softplus(raw)
+
+
+def fill_triangular(raw, n: int):
+    """[..., n(n+1)/2] -> lower-triangular [..., n, n], every value placed once.
+
+    TFP's construction (`tfp.math.fill_triangular`): concatenate the tail with the reversed
+    vector, reshape to n x n and keep the lower triangle. Only concat/reverse/reshape/mask: no
+    scatter or gather, whose gradients are slow on XLA:CPU (seconds per step at n = 784).
+    """
+    x = jnp.concatenate([raw[..., n:], raw[..., ::-1]], axis=-1)
+    return jnp.tril(x.reshape(*raw.shape[:-1], n, n))
+
+
+def fill_scale_tril(raw, n: int):
+    """[..., n(n+1)/2] -> lower-triangular [..., n, n] with a 1e-6 + softplus diagonal."""
+    tril = fill_triangular(raw, n)
+    diag = jnp.diagonal(tril, axis1=-2, axis2=-1)
+    return tril + (positive(diag) - diag)[..., None] * jnp.eye(n, dtype=raw.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """A likelihood head: static config (hashable, so it can be closed over by `jax.jit`).
+
+    Attributes:
+      name: one of `HEADS`.
+      k: number of mixture components (1: no mixture).
+      image_shape: (H, W, C) of the data.
+      force: build a head even when its estimated memory exceeds `MEMORY_LIMIT`.
+      batch_size: used for the memory estimate only.
+    """
+
+    name: str
+    k: int = 1
+    image_shape: tuple = (28, 28, 1)
+    force: bool = False
+    batch_size: int = 128
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.name not in HEADS:
+            raise ValueError(f"unknown head {self.name!r}; choose one of {', '.join(HEADS)}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"head {self.name!r}: K must be an integer >= 1, got {self.k!r}")
+        if self.k > 1 and not self.mixable:
+            raise ValueError(f"head {self.name!r} has no mixture version: use K=1")
+        if self.is_matrix and (len(self.image_shape) != 3 or self.image_shape[2] != 1):
+            raise ValueError(
+                f"head {self.name!r} is a matrix head and needs 2-D grey images (H, W, 1), "
+                f"got image shape {self.image_shape}"
+            )
+        need = self.memory_bytes()
+        if need > MEMORY_LIMIT and not self.force:
+            raise MemoryError(
+                f"head {self.name!r} with K={self.k} needs about {need / 2**30:.1f} GiB to train "
+                f"({self.num_params:,} outputs per image, a {32 * self.num_params:,}-weight "
+                f"decoder layer, batch {self.batch_size}); the paper marks it out of memory. "
+                "Pass force=True to build it anyway."
+            )
+
+    # --- static structure ----------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        return self.name.rsplit("_", 1)[0] if self.name.endswith(SCALES) else self.name
+
+    @property
+    def scale(self) -> str | None:
+        return self.name.rsplit("_", 1)[1] if self.name.endswith(SCALES) else None
+
+    @property
+    def mixable(self) -> bool:
+        return self.family in FAMILIES
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.family.startswith("matrix")
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    @property
+    def event_shape(self) -> tuple:
+        return self.image_shape[:2] if self.is_matrix else (self.dim,)
+
+    def _blocks(self) -> list[tuple[str, int]]:
+        """Named raw blocks of one component, in order."""
+        if not self.mixable:
+            return [("loc", self.dim)] + ([("scale", self.dim)] if self.name == "vae" else [])
+        blocks = [("df", 1)] if FAMILIES[self.family] else []
+        blocks.append(("loc", self.dim))
+        if self.is_matrix:
+            h, w = self.image_shape[:2]
+            if self.scale == "diag":
+                blocks += [("row", h), ("col", w)]
+            elif self.scale == "full":
+                blocks += [("row", h * (h + 1) // 2), ("col", w * (w + 1) // 2)]
+        elif self.scale == "diag":
+            blocks.append(("scale", self.dim))
+        elif self.scale == "full":
+            blocks.append(("scale", self.dim * (self.dim + 1) // 2))
+        return blocks
+
+    @property
+    def component_params(self) -> int:
+        return sum(n for _, n in self._blocks())
+
+    @property
+    def num_params(self) -> int:
+        """P: how many values the decoder emits per image."""
+        return (self.k if self.mixable else 0) + self.k * self.component_params
+
+    def memory_bytes(self) -> int:
+        """Rough float32 training memory: decoder weights with Adam, outputs, scale matrices."""
+        weights = 33 * self.num_params * 4 * 4  # value, grad, two Adam moments
+        acts = self.batch_size * self.num_params * 4 * 3
+        full = self.batch_size * self.k * self.dim**2 * 4 * 3 if self.scale == "full" else 0
+        return weights + acts + (full if not self.is_matrix else 0)
+
+    # --- raw outputs -> distribution -----------------------------------------------------------
+
+    def check_raw(self, raw):
+        if raw.ndim != 2 or raw.shape[-1] != self.num_params:
+            raise ValueError(
+                f"head {self.name!r} (K={self.k}) expects raw outputs [B, {self.num_params}], "
+                f"got {tuple(raw.shape)}"
+            )
+
+    def split(self, raw) -> tuple[jax.Array | None, dict]:
+        """raw [B, P] -> (logits [B, K] or None, {block: [B, K, n]} or [B, n] when K=1)."""
+        self.check_raw(raw)
+        logits = None
+        if self.mixable:
+            logits, raw = raw[:, : self.k], raw[:, self.k :]
+        raw = raw.reshape(raw.shape[0], self.k, self.component_params)
+        blocks, start = {}, 0
+        for name, n in self._blocks():
+            blocks[name] = raw[..., start : start + n]
+            start += n
+        if self.k == 1:
+            blocks = {name: v[:, 0] for name, v in blocks.items()}
+        return logits, blocks
+
+    def component(self, blocks: dict) -> distrax.Distribution:
+        """The distribution of each component (batch [B] or [B, K])."""
+        loc = blocks["loc"]
+        if self.is_matrix:
+            loc = loc.reshape(*loc.shape[:-1], *self.event_shape)
+            scales = {}
+            if self.scale == "diag":
+                scales = dict(
+                    scale_row_diag=positive(blocks["row"]),
+                    scale_column_diag=positive(blocks["col"]),
+                )
+            elif self.scale == "full":
+                h, w = self.event_shape
+                scales = dict(
+                    scale_row_tril=fill_scale_tril(blocks["row"], h),
+                    scale_column_tril=fill_scale_tril(blocks["col"], w),
+                )
+            if self.family == "matrix_normal":
+                return jd.MatrixNormal(loc, **scales)
+            return jd.MatrixStudentT(positive(blocks["df"][..., 0]), loc, **scales)
+        if self.family in ("normal", "vae", "mse", "maf"):
+            if self.scale == "full":
+                return distrax.MultivariateNormalTri(
+                    loc, fill_scale_tril(blocks["scale"], self.dim)
+                )
+            scale = positive(blocks["scale"]) if "scale" in blocks else jnp.ones_like(loc)
+            return distrax.MultivariateNormalDiag(loc, scale)
+        df = positive(blocks["df"][..., 0])
+        if self.scale == "full":
+            return jd.MultivariateStudentT(
+                df, loc, scale_tril=fill_scale_tril(blocks["scale"], self.dim)
+            )
+        if self.scale == "diag":
+            return jd.MultivariateStudentT(df, loc, scale_diag=positive(blocks["scale"]))
+        return jd.MultivariateStudentT(df, loc)
+
+    def distribution(self, raw) -> distrax.Distribution:
+        """raw [B, P] -> distribution with batch [B] and event `event_shape`.
+
+        For `maf` this is the base N(raw, I); `jaxae.models` adds the flow.
+        """
+        logits, blocks = self.split(raw)
+        comp = self.component(blocks)
+        if self.k == 1:
+            return comp
+        return distrax.MixtureSameFamily(distrax.Categorical(logits=logits), comp)
+
+    # --- evaluation helpers --------------------------------------------------------------------
+
+    def to_event(self, images):
+        """Images [B, H, W, C] -> values of the event shape."""
+        return images.reshape(images.shape[0], *self.event_shape)
+
+    def to_image(self, values):
+        """[B, ...event] (or [B, K, ...event]) -> [B, (K,) H, W, C]."""
+        lead = values.shape[: values.ndim - len(self.event_shape)]
+        return values.reshape(*lead, *self.image_shape)
+
+    def component_points(self, dist) -> jax.Array:
+        """Each component's mean (normal) or mode (t): [B, K, ...event]."""
+        comp = dist.components_distribution if self.k > 1 else dist
+        point = comp.mode() if FAMILIES.get(self.family) else comp.mean()
+        return point if self.k > 1 else point[:, None]
+
+    def point(self, dist, mixture_logp=None) -> jax.Array:
+        """The point reconstruction (event shape), before clipping.
+
+        Normal heads: the (mixture) mean. t heads: the mode of the component whose mode has the
+        highest mixture log-density (pass that [B, K] log-density if already computed).
+        """
+        if not FAMILIES.get(self.family, False):
+            return dist.mean()
+        points = self.component_points(dist)
+        if self.k == 1:
+            return points[:, 0]
+        if mixture_logp is None:
+            mixture_logp = self.mixture_log_density(dist, points)
+        best = jnp.argmax(mixture_logp, axis=1)
+        return jnp.take_along_axis(points, best.reshape(-1, *[1] * points[:, 0].ndim), 1)[:, 0]
+
+    def mixture_log_density(self, dist, points) -> jax.Array:
+        """log p_mixture(point_k) for each component's point: [B, K]."""
+        return jax.vmap(dist.log_prob, in_axes=1, out_axes=1)(points)
+
+    def variance(self, dist) -> jax.Array:
+        """Per-pixel variance (event shape); nan where the distribution has none."""
+        return dist.variance()

@@ -1,0 +1,296 @@
+"""Likelihood heads and VPAE models: parameter counts, NLLs against SciPy, the paper's rules."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats as st
+from flax import nnx
+
+from jaxae import objectives
+from jaxae.heads import HEADS, Head, fill_scale_tril, fill_triangular, positive
+from jaxae.models import VPAE
+
+SMALL = (4, 4, 1)  # D = 16: cheap full covariances
+
+
+def _count(model):
+    return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _softplus(x):
+    return 1e-6 + np.logaddexp(0, x)
+
+
+@pytest.mark.parametrize(
+    "name,k,want",
+    [
+        ("mse", 1, 50_992),
+        ("normal_identity", 1, 51_025),
+        ("normal_diag", 1, 76_897),
+        ("t_identity", 1, 51_058),
+        ("matrix_normal_diag", 1, 52_873),
+        ("matrix_normal_full", 1, 77_821),
+        ("normal_identity", 10, 284_170),
+        ("maf", 1, 76_090),
+        ("vae", 1, 101_984),
+        ("t_diag", 10, 543_220),
+        ("matrix_t_full", 10, 552_460),
+    ],
+)
+def test_mlp_parameter_counts(name, k, want):
+    head = Head(name, k=k)
+    model = VPAE(head)
+    assert _count(model) == want
+    if name not in ("maf", "vae"):
+        assert want == 25_120 + 33 * head.num_params
+
+
+def test_full_heads_parameter_count_without_building():
+    # 10,205,785 weights: checked through P, building it costs ~40 MB per test
+    assert 25_120 + 33 * Head("normal_full").num_params == 10_205_785
+    assert 25_120 + 33 * Head("t_full").num_params == 10_205_818
+
+
+@pytest.mark.parametrize(
+    "name,k,want",
+    [("matrix_normal_identity", 1, 8962), ("matrix_normal_full", 1, 11_843),
+     ("matrix_t_diag", 10, 34_891), ("matrix_normal_full", 10, 63_701)],
+)  # fmt: skip
+def test_cnn_parameter_counts_match_table_2(name, k, want):
+    assert _count(VPAE(Head(name, k=k), "cnn")) == want
+
+
+def test_bad_heads_are_named():
+    with pytest.raises(ValueError, match="unknown head 'gauss'"):
+        Head("gauss")
+    with pytest.raises(ValueError, match=r"head 't_diag': K must be an integer >= 1"):
+        Head("t_diag", k=0)
+    with pytest.raises(ValueError, match="head 'maf' has no mixture"):
+        Head("maf", k=2)
+    with pytest.raises(ValueError, match=r"'matrix_t_diag' is a matrix head and needs 2-D"):
+        Head("matrix_t_diag", image_shape=(784,))
+    with pytest.raises(ValueError, match=r"'matrix_normal_full' is a matrix head"):
+        Head("matrix_normal_full", image_shape=(28, 28, 3))
+    with pytest.raises(
+        ValueError, match=r"head 'normal_diag' \(K=1\) expects raw outputs \[B, 1569\]"
+    ):
+        Head("normal_diag").distribution(jnp.zeros((2, 1568)))
+    with pytest.raises(ValueError, match="CNN architecture is for matrix heads only"):
+        VPAE(Head("normal_diag"), "cnn")
+
+
+def test_full_covariance_mixture_of_ten_is_rejected_with_its_memory():
+    with pytest.raises(MemoryError, match=r"head 'normal_full' with K=10 needs about \d+\.\d GiB"):
+        Head("normal_full", k=10)
+    assert Head("t_full", k=10, force=True).num_params == 10 * (1 + 784 + 784 * 785 // 2) + 10
+
+
+def test_fill_scale_tril():
+    raw = jnp.asarray(np.random.default_rng(0).normal(size=(3, 10)))
+    plain = np.asarray(fill_triangular(raw, 4))
+    rows, cols = np.tril_indices(4)
+    for b in range(3):  # every raw value lands in the lower triangle exactly once
+        np.testing.assert_array_equal(np.sort(plain[b, rows, cols]), np.sort(np.asarray(raw[b])))
+    tril = np.asarray(fill_scale_tril(raw, 4))
+    assert np.allclose(np.triu(tril, 1), 0)
+    np.testing.assert_allclose(
+        np.diagonal(tril, axis1=1, axis2=2),
+        _softplus(np.diagonal(plain, axis1=1, axis2=2)),
+        rtol=1e-6,
+    )
+    off = np.tril_indices(4, -1)
+    np.testing.assert_array_equal(tril[:, off[0], off[1]], plain[:, off[0], off[1]])
+
+
+def _raw(head, seed=0, batch=3):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, head.num_params)) * 0.5)
+
+
+def _x(batch=3, seed=1):
+    return np.random.default_rng(seed).random((batch, *SMALL)).astype(np.float64)
+
+
+def test_normal_heads_match_scipy():
+    with jax.enable_x64(True):
+        x = _x()
+        xs = x.reshape(3, -1)
+        for name in ("normal_identity", "normal_diag", "normal_full"):
+            head = Head(name, image_shape=SMALL)
+            raw = _raw(head)
+            got = np.asarray(head.distribution(raw).log_prob(head.to_event(jnp.asarray(x))))
+            _, blocks = head.split(raw)
+            loc = np.asarray(blocks["loc"])
+            for b in range(3):
+                if name == "normal_identity":
+                    cov = np.eye(16)
+                elif name == "normal_diag":
+                    cov = np.diag(_softplus(np.asarray(blocks["scale"][b])) ** 2)
+                else:
+                    tril = np.asarray(fill_scale_tril(blocks["scale"][b], 16))
+                    cov = tril @ tril.T
+                want = st.multivariate_normal(loc[b], cov).logpdf(xs[b])
+                np.testing.assert_allclose(got[b], want, rtol=1e-8)
+
+
+def test_t_heads_match_scipy():
+    with jax.enable_x64(True):
+        x = _x().reshape(3, -1)
+        for name in ("t_identity", "t_diag", "t_full"):
+            head = Head(name, image_shape=SMALL)
+            raw = _raw(head, seed=2)
+            got = np.asarray(head.distribution(raw).log_prob(jnp.asarray(x)))
+            _, blocks = head.split(raw)
+            for b in range(3):
+                df = _softplus(float(blocks["df"][b, 0]))
+                if name == "t_identity":
+                    shape = np.eye(16)
+                elif name == "t_diag":
+                    shape = np.diag(_softplus(np.asarray(blocks["scale"][b])) ** 2)
+                else:
+                    tril = np.asarray(fill_scale_tril(blocks["scale"][b], 16))
+                    shape = tril @ tril.T
+                want = st.multivariate_t(np.asarray(blocks["loc"][b]), shape, df=df).logpdf(x[b])
+                np.testing.assert_allclose(got[b], want, rtol=1e-8)
+
+
+def test_matrix_normal_heads_match_scipy():
+    with jax.enable_x64(True):
+        x = _x()[..., 0]
+        for name in ("matrix_normal_identity", "matrix_normal_diag", "matrix_normal_full"):
+            head = Head(name, image_shape=SMALL)
+            raw = _raw(head, seed=3)
+            got = np.asarray(head.distribution(raw).log_prob(jnp.asarray(x)))
+            _, blocks = head.split(raw)
+            for b in range(3):
+                if name == "matrix_normal_identity":
+                    u = v = np.eye(4)
+                elif name == "matrix_normal_diag":
+                    u = np.diag(_softplus(np.asarray(blocks["row"][b])) ** 2)
+                    v = np.diag(_softplus(np.asarray(blocks["col"][b])) ** 2)
+                else:
+                    a = np.asarray(fill_scale_tril(blocks["row"][b], 4))
+                    c = np.asarray(fill_scale_tril(blocks["col"][b], 4))
+                    u, v = a @ a.T, c @ c.T
+                mean = np.asarray(blocks["loc"][b]).reshape(4, 4)
+                want = st.matrix_normal(mean, rowcov=u, colcov=v).logpdf(x[b])
+                np.testing.assert_allclose(got[b], want, rtol=1e-8)
+            if name == "matrix_normal_diag":  # per-pixel variance = row variance x column variance
+                var = np.asarray(head.variance(head.distribution(raw)))
+                np.testing.assert_allclose(var[-1], np.outer(np.diag(u), np.diag(v)), rtol=1e-8)
+
+
+def test_mixture_nll_is_logsumexp_of_components():
+    with jax.enable_x64(True):
+        head = Head("normal_diag", k=3, image_shape=SMALL)
+        raw = _raw(head, seed=4)
+        x = _x().reshape(3, -1)
+        got = np.asarray(head.distribution(raw).log_prob(jnp.asarray(x)))
+        logits, blocks = head.split(raw)
+        for b in range(3):
+            logw = np.asarray(jax.nn.log_softmax(logits[b]))
+            comps = [
+                st.multivariate_normal(
+                    np.asarray(blocks["loc"][b, c]),
+                    np.diag(_softplus(np.asarray(blocks["scale"][b, c])) ** 2),
+                ).logpdf(x[b])
+                for c in range(3)
+            ]
+            np.testing.assert_allclose(got[b], np.logaddexp.reduce(logw + comps), rtol=1e-8)
+
+
+def test_t_mixture_point_is_the_best_components_mode():
+    head = Head("t_identity", k=3, image_shape=SMALL)
+    raw = np.zeros((1, head.num_params), np.float32)
+    per = head.component_params
+    for c, level in enumerate([0.1, 0.5, 0.9]):
+        start = 3 + c * per
+        raw[0, start] = 3.0  # df
+        raw[0, start + 1 : start + per] = level  # loc
+    raw[0, :3] = [0.0, 5.0, 0.0]  # the middle component dominates the mixture
+    dist = head.distribution(jnp.asarray(raw))
+    np.testing.assert_allclose(np.asarray(head.point(dist))[0], 0.5)
+    raw[0, :3] = [5.0, 0.0, 0.0]
+    dist = head.distribution(jnp.asarray(raw))
+    np.testing.assert_allclose(np.asarray(head.point(dist))[0], 0.1)
+
+
+def test_normal_identity_is_mse_up_to_scale_and_constant():
+    x = jnp.asarray(_x(), jnp.float32)
+    for_mse = VPAE(Head("mse", image_shape=SMALL), seed=0)
+    for_nll = VPAE(Head("normal_identity", image_shape=SMALL), seed=0)
+    g1, p1 = nnx.split(for_mse, nnx.Param)
+    g2, p2 = nnx.split(for_nll, nnx.Param)
+    mse = objectives.vpae_nll(g1)(p1, {"image": x}, None)["loss"]
+    raw, _ = for_nll(x)
+    mu = raw[:, 1:]
+    nll = objectives.vpae_nll(g2)(p2, {"image": x}, None)["loss"]
+    want = 0.5 * jnp.sum((x.reshape(3, -1) - mu) ** 2, 1) + 8 * math.log(2 * math.pi)
+    np.testing.assert_allclose(nll, want, rtol=1e-5)
+    assert mse.shape == (3,)
+
+
+def test_maf_log_prob_is_change_of_variables():
+    with jax.enable_x64(True):
+        model = VPAE(Head("maf", image_shape=SMALL), seed=0)
+        x = jnp.asarray(_x(1))
+        raw, _ = model(x)
+        got = model.likelihood(raw).log_prob(x.reshape(1, -1))[0]
+        from jaxae.flows import MaskedAutoregressive
+
+        bij = MaskedAutoregressive(model.made)
+        u = bij.inverse(x.reshape(1, -1))[0]
+        jac = jax.jacfwd(lambda v: bij.inverse(v[None])[0])(x.reshape(-1))
+        want = st.multivariate_normal(np.asarray(raw[0]), np.eye(16)).logpdf(np.asarray(u))
+        want += np.linalg.slogdet(np.asarray(jac))[1]
+        np.testing.assert_allclose(got, want, rtol=1e-8)
+        assert np.allclose(np.triu(np.asarray(jac), 1), 0)  # autoregressive
+
+
+def test_vae_loss_is_nll_plus_closed_form_kl():
+    model = VPAE(Head("vae", image_shape=SMALL), seed=0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    x = jnp.asarray(_x(), jnp.float32)
+    terms = objectives.vpae_nll(graphdef)(params, {"image": x}, jax.random.PRNGKey(0))
+    q = model.posterior(x)
+    mu, sd = q.mean(), q.stddev()
+    kl = 0.5 * jnp.sum(mu**2 + sd**2 - 1 - 2 * jnp.log(sd), axis=1)
+    np.testing.assert_allclose(terms["kl"], kl, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(terms["loss"], terms["nll"] + terms["kl"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_head_trains_a_step_under_jit(name):
+    head = Head(name, k=1, image_shape=SMALL)
+    model = VPAE(head, seed=0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss_fn = objectives.vpae_nll(graphdef)
+    x = jnp.asarray(_x(4), jnp.float32)
+
+    @jax.jit
+    def step(params):
+        def mean_loss(p):
+            return jnp.mean(loss_fn(p, {"image": x}, jax.random.PRNGKey(0))["loss"])
+
+        loss, grads = jax.value_and_grad(mean_loss)(params)
+        return loss, jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
+
+    loss, new = step(params)
+    assert np.isfinite(float(loss))
+    recon, var = jax.jit(
+        lambda p, x: nnx.merge(graphdef, p).reconstruct(x, jax.random.PRNGKey(1), 4)
+    )(new, x)
+    assert recon.shape == x.shape and var.shape == x.shape
+    assert float(recon.min()) >= 0 and float(recon.max()) <= 1
+    if name in ("mse",):
+        assert np.isnan(np.asarray(var)).all()
+    elif head.family not in ("t", "matrix_t"):  # a t variance exists only for df > 2
+        assert np.isfinite(np.asarray(var)).all()
+
+
+def test_positive_constraint():
+    np.testing.assert_allclose(
+        positive(jnp.asarray([-50.0, 0.0])), [1e-6, 1e-6 + math.log(2)], rtol=1e-6
+    )
