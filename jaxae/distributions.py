@@ -476,6 +476,67 @@ class MultivariateStudentT(distrax.Distribution):
         return out
 
 
+class MultivariateNormal(distrax.Distribution):
+    """Multivariate normal N(loc, L L^T) on ``R^d`` through the same factor code as
+    `MultivariateStudentT`: O(d) for identity/diagonal L, triangular solves (with the
+    deadlock-free VJP above) for a full L. Same density as distrax's MultivariateNormalTri::
+
+        log p(x) = -d/2 log(2 pi) - log|det L| - |L^-1 (x - loc)|^2 / 2
+    """
+
+    def __init__(self, loc, scale_tril=None, *, scale_diag=None):
+        """loc [*b, d]; scale_tril [*b, d, d] or scale_diag [*b, d] (positive), or neither (I)."""
+        dtype = _float_dtype(loc, scale_tril, scale_diag)
+        self._loc = jnp.asarray(loc, dtype)
+        if self._loc.ndim < 1:
+            raise ValueError(f"`loc` must have shape [..., d], got {self._loc.shape}.")
+        self._scale = _make_factor(scale_tril, scale_diag, "scale_tril", "scale_diag", dtype)
+        if self._scale.kind != "identity" and self._scale.size != self._loc.shape[-1]:
+            raise ValueError(
+                f"`loc.shape = {self._loc.shape}` and `scale_{self._scale.kind}.shape = "
+                f"{self._scale.value.shape}` disagree on the event size d."
+            )
+        _broadcast_batch(loc=self._loc.shape[:-1], scale=self._scale.batch_shape)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._loc.shape[-1:]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(jnp.broadcast_shapes(self._loc.shape[:-1], self._scale.batch_shape))
+
+    @property
+    def dtype(self):
+        return self._loc.dtype
+
+    def log_prob(self, value: Array) -> Array:
+        d = self.event_shape[0]
+        maha = jnp.sum(jnp.square(self._scale.solve_vec(value - self._loc)), axis=-1)
+        return -0.5 * d * math.log(2 * math.pi) - self._scale.log_abs_det(self.dtype) - 0.5 * maha
+
+    def _sample_n(self, key: Array, n: int) -> Array:
+        z = jax.random.normal(key, (n,) + self.batch_shape + self.event_shape, self.dtype)
+        return self._loc + self._scale.matvec(z)
+
+    def mean(self) -> Array:
+        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
+
+    def mode(self) -> Array:
+        return self.mean()
+
+    def variance(self) -> Array:
+        var = self._scale.diag_of_cov(self.event_shape[0], self.dtype)
+        return jnp.broadcast_to(var, self.batch_shape + self.event_shape)
+
+    def __getitem__(self, index) -> MultivariateNormal:
+        idx = _batch_index(self.batch_shape, index)
+        out = object.__new__(MultivariateNormal)
+        out._loc = self.mean()[idx]
+        out._scale = self._scale.index(idx, self.batch_shape)
+        return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Matrix distributions
 # ----------------------------------------------------------------------------------------------

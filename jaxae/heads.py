@@ -217,11 +217,10 @@ class Head:
             return jd.MatrixStudentT(positive(blocks["df"][..., 0]), loc, **scales)
         if self.family in ("normal", "vae", "mse", "maf"):
             if self.scale == "full":
-                return distrax.MultivariateNormalTri(
-                    loc, fill_scale_tril(blocks["scale"], self.dim)
-                )
-            scale = positive(blocks["scale"]) if "scale" in blocks else jnp.ones_like(loc)
-            return distrax.MultivariateNormalDiag(loc, scale)
+                return jd.MultivariateNormal(loc, fill_scale_tril(blocks["scale"], self.dim))
+            if "scale" in blocks:
+                return jd.MultivariateNormal(loc, scale_diag=positive(blocks["scale"]))
+            return jd.MultivariateNormal(loc)
         df = positive(blocks["df"][..., 0])
         if self.scale == "full":
             return jd.MultivariateStudentT(
