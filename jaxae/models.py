@@ -85,9 +85,8 @@ class VPAE(nnx.Module):
         The VAE decodes a posterior sample drawn with `key` (the posterior mean if key is None).
         """
         if self.head.name != "vae":
-            return self.net(x) if self.arch == "cnn" else self.net(x).recon.reshape(
-                x.shape[0], -1
-            ), jnp.zeros(x.shape[0])
+            raw = self.net(x) if self.arch == "cnn" else self.net(x).recon.reshape(x.shape[0], -1)
+            return raw, jnp.zeros(x.shape[0])
         q = self.posterior(x)
         z = q.mean() if key is None else q.sample(seed=key)
         prior = distrax.MultivariateNormalDiag(jnp.zeros(CODE), jnp.ones(CODE))
