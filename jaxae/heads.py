@@ -25,11 +25,13 @@ with a 1e-6 + softplus diagonal (TFP's FillScaleTriL), so the covariance is L L^
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxae import distributions as jd
 
@@ -64,11 +66,26 @@ def fill_triangular(raw, n: int):
     return jnp.tril(x.reshape(*raw.shape[:-1], n, n))
 
 
+@functools.lru_cache(maxsize=8)
+def _diagonal_index(n: int) -> np.ndarray:
+    """Where `fill_triangular` puts raw[..., i] on the diagonal: [n] indices into raw."""
+    index = np.arange(n * (n + 1) // 2)  # NumPy, so it stays a constant under tracing
+    placed = np.concatenate([index[n:], index[::-1]]).reshape(n, n)
+    return np.diagonal(placed).astype(np.int32)
+
+
 def fill_scale_tril(raw, n: int):
-    """[..., n(n+1)/2] -> lower-triangular [..., n, n] with a 1e-6 + softplus diagonal."""
-    tril = fill_triangular(raw, n)
-    diag = jnp.diagonal(tril, axis1=-2, axis2=-1)
-    return tril + (positive(diag) - diag)[..., None] * jnp.eye(n, dtype=raw.dtype)
+    """[..., n(n+1)/2] -> lower-triangular [..., n, n] with a 1e-6 + softplus diagonal.
+
+    One select over the dense output (the diagonal's softplus is taken on the n raw values
+    only): at n = 784 and batch 128 each pass over the factors moves 315 MB, ~0.13 s here.
+    """
+    x = jnp.concatenate([raw[..., n:], raw[..., ::-1]], axis=-1)
+    x = x.reshape(*raw.shape[:-1], n, n)
+    diag = positive(raw[..., _diagonal_index(n)])
+    row = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    return jnp.where(row > col, x, jnp.where(row == col, diag[..., :, None], 0.0).astype(x.dtype))
 
 
 @dataclasses.dataclass(frozen=True)

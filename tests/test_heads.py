@@ -294,3 +294,10 @@ def test_positive_constraint():
     np.testing.assert_allclose(
         positive(jnp.asarray([-50.0, 0.0])), [1e-6, 1e-6 + math.log(2)], rtol=1e-6
     )
+
+
+def test_fill_scale_tril_under_jit_and_scan():
+    raw = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 10)), jnp.float32)
+    eager = fill_scale_tril(raw[0], 4)
+    _, scanned = jax.jit(lambda r: jax.lax.scan(lambda c, x: (c, fill_scale_tril(x, 4)), 0, r))(raw)
+    np.testing.assert_allclose(scanned[0], eager, rtol=1e-6)
