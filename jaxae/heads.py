@@ -73,22 +73,57 @@ def fill_triangular(raw, n: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _diagonal_index(n: int) -> np.ndarray:
-    """Which raw values `_square` puts on the diagonal: [n] indices (a constant when traced)."""
-    return np.diagonal(_square(np.arange(n * (n + 1) // 2), n)).astype(np.int32)
+def _layout(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index tables of `_square`'s lower triangle (constants when traced).
+
+    fill [n*n]: dense position -> raw index (n(n+1)/2 for the zero upper triangle);
+    pack [n(n+1)/2]: raw index -> dense position; diag [n]: the raw indices on the diagonal.
+    """
+    t = n * (n + 1) // 2
+    square = _square(np.arange(t), n)
+    lower = np.tril(np.ones((n, n), bool))
+    fill = np.where(lower, square, t).astype(np.int32).reshape(-1)
+    pack = np.zeros(t, np.int32)
+    pack[square[lower]] = np.flatnonzero(lower)
+    return fill, pack, np.diagonal(square).astype(np.int32)
+
+
+@jax.custom_vjp
+def _fill_scale_tril(raw):
+    n = math.isqrt(8 * raw.shape[-1] + 1) // 2
+    fill, _, diag = _layout(n)
+    padded = jnp.concatenate([raw, jnp.zeros((*raw.shape[:-1], 1), raw.dtype)], axis=-1)
+    tril = jnp.take(padded, fill, axis=-1).reshape(*raw.shape[:-1], n, n)
+    i = np.arange(n)
+    return tril.at[..., i, i].set(positive(raw[..., diag]))
+
+
+def _fill_scale_tril_fwd(raw):
+    n = math.isqrt(8 * raw.shape[-1] + 1) // 2
+    return _fill_scale_tril(raw), raw[..., _layout(n)[2]]
+
+
+def _fill_scale_tril_bwd(raw_diag, g):
+    n = g.shape[-1]
+    _, pack, diag = _layout(n)
+    g_raw = jnp.take(g.reshape(*g.shape[:-2], n * n), pack, axis=-1)
+    return (g_raw.at[..., diag].multiply(jax.nn.sigmoid(raw_diag)),)  # d softplus = sigmoid
+
+
+_fill_scale_tril.defvjp(_fill_scale_tril_fwd, _fill_scale_tril_bwd)
 
 
 def fill_scale_tril(raw, n: int):
     """[..., n(n+1)/2] -> lower-triangular [..., n, n] with a 1e-6 + softplus diagonal.
 
-    One select over the dense output (the diagonal's softplus is taken on the n raw values
-    only): at n = 784 and batch 128 each pass over the factors moves 315 MB, ~0.13 s here.
+    The layout of `fill_triangular` (TFP's). Built by one gather from constant index tables, its
+    gradient by the inverse gather (jax's own would scatter-add): at n = 784 and batch 128, where
+    each pass over the factors moves 315 MB, forward 0.47 -> 0.25 s and gradient 0.33 -> 0.14 s
+    on one core, against concat/reverse/select.
     """
-    x = _square(raw, n)
-    diag = positive(raw[..., _diagonal_index(n)])
-    row = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
-    col = jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
-    return jnp.where(row > col, x, jnp.where(row == col, diag[..., :, None], 0.0).astype(x.dtype))
+    if raw.shape[-1] != n * (n + 1) // 2:
+        raise ValueError(f"a {n}x{n} triangle needs {n * (n + 1) // 2} raw values, got {raw.shape}")
+    return _fill_scale_tril(raw)
 
 
 @dataclasses.dataclass(frozen=True)

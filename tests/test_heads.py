@@ -296,6 +296,23 @@ def test_positive_constraint():
     )
 
 
+def test_fill_scale_tril_gradient_matches_autodiff_of_the_plain_construction():
+    def plain(raw, n):  # the definition, differentiated by jax: tril, softplus on the diagonal
+        x = fill_triangular(raw, n)
+        eye = jnp.eye(n, dtype=bool)
+        return jnp.where(eye, positive(jnp.where(eye, x, 0.0)), x)
+
+    rng = np.random.default_rng(3)
+    raw = jnp.asarray(rng.normal(size=(2, 3, 15)), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=(2, 3, 5, 5)), jnp.float32)
+    np.testing.assert_allclose(fill_scale_tril(raw, 5), plain(raw, 5), rtol=1e-6)
+    ours = jax.jit(jax.vjp(lambda r: fill_scale_tril(r, 5), raw)[1])(cot)[0]
+    ref = jax.vjp(lambda r: plain(r, 5), raw)[1](cot)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="a 5x5 triangle needs 15 raw values"):
+        fill_scale_tril(raw[..., :14], 5)
+
+
 def test_fill_scale_tril_under_jit_and_scan():
     raw = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 10)), jnp.float32)
     eager = fill_scale_tril(raw[0], 4)
