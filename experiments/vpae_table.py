@@ -149,7 +149,7 @@ def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
                 config, workdir, params=params, loss_fn=objectives.vpae_nll(graphdef),
                 train={"image": train_images},
                 prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
-                mesh=mesh, progress=not args.no_progress,
+                mesh=mesh, progress=not args.no_progress, model=model.spec,
             )  # fmt: skip
             break
         except train.NonFiniteLossError as e:

@@ -107,6 +107,19 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._mngr.all_steps())
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON meta saved with `step` (config, data position, model), without the state."""
+        self.wait()
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = out["meta"]
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
+        except Exception as e:
+            why = f"cannot read the meta of step {step} ({self.path(step)}): {e}"
+            raise CheckpointError(why) from e
+        return meta
+
     def restore(self, step: int, abstract_state):
         """Returns `(state, meta)` of `step`, bit for bit as saved.
 

@@ -74,6 +74,13 @@ class VPAE(nnx.Module):
         if head.name == "maf":
             self.made = flows.MADE(d, 10, rngs=rngs)
 
+    @property
+    def spec(self) -> dict:
+        """The JSON description `build` rebuilds this model from."""
+        h = self.head
+        return {"kind": "vpae", "head": h.name, "k": h.k, "arch": self.arch,
+                "image_shape": list(h.image_shape)}  # fmt: skip
+
     def posterior(self, x) -> distrax.Distribution:
         """VAE only: q(z | x), a diagonal Normal over the 32-d code."""
         h = jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
@@ -143,3 +150,24 @@ class VPAE(nnx.Module):
         points = self.head.component_points(dist)
         logp = self.head.mixture_log_density(dist, points)
         return jnp.clip(self.head.to_image(points), 0.0, 1.0), logp
+
+
+def build(spec: dict) -> nnx.Module:
+    """A model from its JSON description (saved in checkpoints by `train.fit(model=...)`).
+
+    ``{"kind": "vpae", "head", "k", "arch", "image_shape"}`` or
+    ``{"kind": "ae", "arch" ('mlp' | 'conv'), "image_shape", "latent_dim"}``. The weights are
+    initialized with `seed` (default 0), to be replaced by a checkpoint's.
+    """
+    kind = spec.get("kind")
+    try:
+        shape, seed = tuple(spec["image_shape"]), spec.get("seed", 0)
+        if kind == "vpae":
+            head = Head(spec["head"], k=spec["k"], image_shape=shape, force=True)
+            return VPAE(head, spec["arch"], seed=seed)
+        if kind == "ae":
+            return nets.make_model(spec["arch"], shape, spec["latent_dim"], seed=seed)
+    except KeyError as e:
+        raise ValueError(f"model description {spec} lacks {e}") from None
+    raise ValueError(f"unknown model kind {kind!r} in {spec}: expected 'vpae' or 'ae'")
+

@@ -215,6 +215,7 @@ def fit(
     mesh=None,
     eval_fn: Callable[[dict], dict] | None = None,
     progress: bool = True,
+    model: dict | None = None,
 ) -> FitResult:
     """Train (or resume) until ``config.epochs`` epochs or ``config.max_steps`` steps.
 
@@ -230,6 +231,8 @@ def fit(
       mesh: defaults to a ``('data',)`` mesh over all devices.
       eval_fn: called with the params at every epoch end; its dict is logged.
       progress: show a progress bar.
+      model: JSON-able description of the model (`jaxae.evaluate.build_model` reads it), saved
+        with every checkpoint so that the run can be restored and evaluated later.
 
     Returns:
       `FitResult` with the final state, the logged metric lines, and the step resumed from.
@@ -282,6 +285,7 @@ def fit(
             total,
             eval_fn,
             progress,
+            model,
         )
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
@@ -307,7 +311,18 @@ def _check_resumable(meta: dict, config: TrainConfig, num_examples: int) -> None
 
 
 def _loop(
-    state, ckpt, every, chunk_fn, data, config, workdir, steps_per_epoch, total, eval_fn, progress
+    state,
+    ckpt,
+    every,
+    chunk_fn,
+    data,
+    config,
+    workdir,
+    steps_per_epoch,
+    total,
+    eval_fn,
+    progress,
+    model,
 ):
     """Run chunks of scanned steps, cut at epoch ends and checkpoint steps."""
     key = data_key(config.seed)
@@ -356,6 +371,7 @@ def _loop(
                     "steps_per_epoch": steps_per_epoch,
                     "num_examples": num_examples,
                 },
+                **({"model": model} if model else {}),
             }
             if ckpt.save(step, state, meta, force=step == total):
                 last_saved = step
