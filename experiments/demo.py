@@ -95,8 +95,12 @@ def main(argv=None) -> dict:
         mesh=mesh,
         eval_fn=eval_fn,
         progress=not args.no_progress,
-        model={"kind": "ae", "arch": config.model, "latent_dim": config.latent_dim,
-               "image_shape": list(ds.train.images.shape[1:])},  # fmt: skip
+        model={
+            "kind": "ae",
+            "arch": config.model,
+            "latent_dim": config.latent_dim,
+            "image_shape": list(ds.train.images.shape[1:]),
+        },
     )
     seconds = time.perf_counter() - t0
 

@@ -170,4 +170,3 @@ def build(spec: dict) -> nnx.Module:
     except KeyError as e:
         raise ValueError(f"model description {spec} lacks {e}") from None
     raise ValueError(f"unknown model kind {kind!r} in {spec}: expected 'vpae' or 'ae'")
-
