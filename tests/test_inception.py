@@ -119,7 +119,7 @@ def test_features_batched_sharded_equals_direct_call(net, params, reference):
     compiled = inception._embed_fn(mesh)._cache_size()  # other tests may have used it
     out = inception.features(images, weights=params, batch_size=3, mesh=mesh, progress=False)
     assert out.shape == (6, 2048) and out.dtype == np.float32
-    assert inception._embed_fn(mesh)._cache_size() == compiled + 1  # one for both batches
+    assert inception._embed_fn(mesh)._cache_size() <= compiled + 1  # one for both batches
     direct = np.concatenate(
         [
             np.asarray(net(params, inception.to_inception_input(images[:4]))[0]),
