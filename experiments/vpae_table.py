@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jaxae import data as jdata
-from jaxae import objectives, parallel, plots, train
+from jaxae import evaluate, metrics, objectives, parallel, plots, train
 from jaxae.config import TrainConfig
 from jaxae.heads import HEADS, Head
 from jaxae.models import VPAE
@@ -90,7 +90,7 @@ QUICK_HEADS = ("mse", "normal_identity", "t_diag", "matrix_normal_full", "matrix
 FIELDS = [
     "dataset", "arch", "head", "K", "status", "params", "paper_params", "s_per_epoch",
     "paper_s_per_epoch", "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "epochs", "seed",
-    "train_examples", "eval_images",
+    "train_examples", "eval_images", "fid_recon", "fid_prior", "fid_gaussian", "fid_images",
 ]  # fmt: skip
 
 
@@ -224,7 +224,9 @@ def write_tables(rows, out: Path, dataset: str, args) -> None:
         w.writeheader()
         w.writerows(rows)
     cols = ["arch", "head", "K", "params", "paper_params", "s_per_epoch", "paper_s_per_epoch",
-            "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "status"]  # fmt: skip
+            "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "fid_recon", "fid_prior",
+            "fid_gaussian", "status"]  # fmt: skip
+    fid_counts = sorted({int(r["fid_images"]) for r in rows if r.get("fid_images")})
     lines = [
         f"# VPAE Table 1/2 on {dataset}: ours beside the paper's",
         "",
@@ -233,7 +235,14 @@ def write_tables(rows, out: Path, dataset: str, args) -> None:
         f"({jax.device_count()} device(s)); s/epoch is ours on this machine vs the paper's GTX "
         "1060. L2 = mean squared error x 100 of the clipped reconstruction of the first "
         f"{rows[0]['eval_images'] if rows else '?'} test images; PSNR of that error; test NLL in "
-        "nats per image (VAE: negative ELBO).",
+        "nats per image (VAE: negative ELBO). FID (`jaxae.evaluate`) of the reconstructions of "
+        "the test images, and of decoded codes drawn from N(0, I) (prior) and from a Gaussian "
+        "fitted to the training codes (gaussian); the CNN has no code.",
+        "",
+        *(
+            f"FID protocol: {metrics.protocol_note(n, n, n != metrics.PROTOCOL_N)}"
+            for n in fid_counts
+        ),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
@@ -260,6 +269,11 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quick", action="store_true", help="a small subset, for CI-sized checks")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--fid-samples", type=int, default=0,
+        help="score every finished row of the grid with jaxae.evaluate on this many samples "
+        f"({metrics.PROTOCOL_N}: the standard protocol; fewer: marked quick); 0: no FID",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.command_line = " ".join(argv if argv is not None else __import__("sys").argv[1:])
     if args.quick:
@@ -277,14 +291,11 @@ def main(argv=None):
             for r in csv.DictReader(open(path)):
                 done[(r["dataset"], r["arch"], r["head"], int(r["K"]))] = r
     rows = dict(done)
+    n_fid = args.fid_samples
     for dataset in args.datasets.split(","):
         ds = jdata.load(dataset, data_dir=args.data_dir)
-        todo = grid(
-            [dataset],
-            args.archs.split(","),
-            args.heads.split(","),
-            [int(k) for k in args.ks.split(",")],
-        )
+        ks = [int(k) for k in args.ks.split(",")]
+        todo = grid([dataset], args.archs.split(","), args.heads.split(","), ks)
         for cell in todo:
             if cell in done and done[cell]["status"] == "ok":
                 continue
@@ -294,8 +305,32 @@ def main(argv=None):
             rows[cell] = row
             print(json.dumps(row), f"({time.perf_counter() - t0:.0f} s)", flush=True)
             write_tables(list(rows.values()), out, dataset, args)
+        if args.fid_samples:
+            for cell in grid([dataset], args.archs.split(","), args.heads.split(","), ks):
+                row = rows.get(cell)
+                if row and row["status"] == "ok" and str(row.get("fid_images")) != str(n_fid):
+                    rows[cell] = {**row, **fid_columns(row, args)}
+                    write_tables(list(rows.values()), out, dataset, args)
         write_tables(list(rows.values()), out, dataset, args)
     return list(rows.values())
+
+
+def fid_columns(row: dict, args) -> dict:
+    """FID of a finished row's reconstructions and samples, by `jaxae.evaluate`."""
+    n = args.fid_samples
+    name = f"{row['dataset']}-{row['arch']}-{row['head']}-k{row['K']}-s{row['seed']}"
+    print(f"== FID of {name} on {n} images", flush=True)
+    result = evaluate.evaluate_run(
+        Path(args.runs) / name, num_samples=n, quick=n != metrics.PROTOCOL_N,
+        data_dir=args.data_dir, progress=not args.no_progress,
+    )  # fmt: skip
+    samples = result["samples"]
+    return {
+        "fid_recon": round(result["reconstruction"]["fid"], 2),
+        "fid_prior": round(samples["prior"]["fid"], 2) if "prior" in samples else "",
+        "fid_gaussian": round(samples["gaussian"]["fid"], 2) if "gaussian" in samples else "",
+        "fid_images": n,
+    }
 
 
 if __name__ == "__main__":

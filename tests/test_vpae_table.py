@@ -5,7 +5,7 @@ import csv
 from experiments import vpae_table
 
 
-def test_tiny_grid_writes_tables_and_figures(tmp_path):
+def test_tiny_grid_writes_tables_and_figures(tmp_path, monkeypatch):
     argv = [
         "--datasets", "fashion_mnist", "--archs", "mlp", "--heads", "t_diag,matrix_t_identity",
         "--ks", "1,2", "--epochs", "2", "--train-examples", "512", "--eval-images", "64",
@@ -32,3 +32,13 @@ def test_tiny_grid_writes_tables_and_figures(tmp_path):
     # a second call finds every row done and trains nothing
     again = vpae_table.main(argv)
     assert [r["L2"] for r in again] == [r["L2"] for r in table]
+
+    # FID columns for the finished rows, by jaxae.evaluate (a quick protocol, stated)
+    monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
+    scored = vpae_table.main([*argv[:6], "--ks", "1", *argv[8:], "--fid-samples", "8"])
+    assert {r["fid_images"] for r in scored if r["K"] in (1, "1")} == {8}
+    t_diag = next(r for r in scored if r["head"] == "t_diag" and r["K"] in (1, "1"))
+    assert t_diag["fid_recon"] > 0 and t_diag["fid_prior"] > 0 and t_diag["fid_gaussian"] > 0
+    md = (tmp_path / "out" / "vpae_fashion_mnist.md").read_text()
+    assert "FID protocol:" in md and "not comparable" in md
+
