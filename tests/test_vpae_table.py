@@ -41,4 +41,3 @@ def test_tiny_grid_writes_tables_and_figures(tmp_path, monkeypatch):
     assert t_diag["fid_recon"] > 0 and t_diag["fid_prior"] > 0 and t_diag["fid_gaussian"] > 0
     md = (tmp_path / "out" / "vpae_fashion_mnist.md").read_text()
     assert "FID protocol:" in md and "not comparable" in md
-
