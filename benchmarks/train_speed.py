@@ -82,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (>= 3)")
     p.add_argument("--conv-steps", type=int, default=None, help="steps per timed conv call")
     p.add_argument("--head-steps", type=int, default=None, help="steps per timed head call")
+    p.add_argument(
+        "--heads", default=",".join(HEADS), help="heads of the heads case (mse always runs first)"
+    )
     p.add_argument("--devices-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
@@ -97,6 +100,10 @@ def parse_args(argv=None):
         args.conv_steps = 1 if args.quick else 10
     if args.head_steps is None:
         args.head_steps = 5 if args.quick else 40
+    heads = [h for h in args.heads.split(",") if h]
+    if set(heads) - set(HEADS):
+        p.error(f"unknown heads {sorted(set(heads) - set(HEADS))}; choose from {','.join(HEADS)}")
+    args.heads = ["mse"] + [h for h in heads if h != "mse"]  # the reference
     # MLP steps per timed call: a whole epoch, or a few hundred steps when quick.
     args.mlp_steps = 200 if args.quick else None
     return args
@@ -230,7 +237,7 @@ def _setup(model_name: str, images: np.ndarray, mesh):
 def heads_case(images, args, mesh) -> list[dict]:
     """s/epoch of every K=1 MLP head of the VPAE, relative to `mse` measured in this run."""
     lines, ref = [], None
-    for name in HEADS:
+    for name in args.heads:
         r = time_training(f"head:{name}", images, args.head_steps, args.repeats, mesh, False)
         ref = ref or r["s_per_epoch"]
         lines.append(

@@ -330,6 +330,9 @@ def evaluate_run(
         result["likelihood"] = {
             "nats_per_image": nats,
             "bits_per_dim": metrics.bits_per_dim(nats, dims),
+            "convention": "a density over x / 255 in [0, 1]^D at the test pixels (not "
+            "dequantized): bits per dimension in those units, not a bound on a discrete "
+            "likelihood (metrics.bits_per_dim)",
         }
     result["samples"] = {}
     for i, (name, draw) in enumerate(samplers(fns, ds.train.images).items()):
