@@ -87,21 +87,30 @@ def reference_features(
     """Inception features [count, 2048] of a dataset split, computed once and cached.
 
     The cache file is keyed by dataset, split, count, resolution and the weights' sha256, so a
-    change of any of them computes new features. An unreadable cache file is recomputed.
+    change of any of them computes new features; the features of the first `count` images are
+    also read from the file of a larger count. An unreadable cache file is recomputed.
     """
     path = inception.weights_path(weights)
     digest = inception.weights_sha256(path)[:16]
     res = "32" if pad_to_32 else "native"
-    file = cache_dir() / "fid" / f"{dataset}-{split}-{count}-{res}-{digest}.npz"
-    if file.exists():
+    folder = cache_dir() / "fid"
+    file = folder / f"{dataset}-{split}-{count}-{res}-{digest}.npz"
+    larger = sorted(
+        (int(f.name.split("-")[-3]), f)
+        for f in folder.glob(f"{dataset}-{split}-*-{res}-{digest}.npz")
+        if f.name.split("-")[-3].isdigit() and int(f.name.split("-")[-3]) > count
+    )
+    for f in [file] + [f for _, f in larger]:
+        if not f.exists():
+            continue
         try:
-            with np.load(file) as z:
-                feats = z["features"]
+            with np.load(f) as z:
+                feats = z["features"][:count]
             if feats.shape == (count, inception.FEATURES) and np.isfinite(feats).all():
                 return feats
             raise ValueError(f"shape {feats.shape}")
         except Exception as e:  # a corrupt or foreign file: recompute it
-            warnings.warn(f"ignoring unreadable reference features {file}: {e}", stacklevel=2)
+            warnings.warn(f"ignoring unreadable reference features {f}: {e}", stacklevel=2)
     images = reference_images(dataset, split, count, pad_to_32=pad_to_32, data_dir=data_dir)
     feats = inception.features(images, weights=path, mesh=mesh, progress=progress)
     file.parent.mkdir(parents=True, exist_ok=True)

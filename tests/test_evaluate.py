@@ -107,6 +107,8 @@ def test_evaluate_run_quick_protocol_end_to_end(vpae_run, tmp_path, monkeypatch)
     monkeypatch.setattr(evaluate, "reference_images", lambda *a, **k: 1 / 0)
     again = evaluate.reference_features("fashion_mnist", "test", N, progress=False)
     assert again.shape == (N, inception.FEATURES)
+    fewer = evaluate.reference_features("fashion_mnist", "test", 5, progress=False)
+    np.testing.assert_array_equal(fewer, again[:5])  # the first images of a larger count
 
 
 def test_a_corrupt_reference_cache_is_recomputed(tmp_path, monkeypatch):
