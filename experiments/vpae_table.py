@@ -243,6 +243,7 @@ def write_tables(rows, out: Path, dataset: str, args) -> None:
             f"FID protocol: {metrics.protocol_note(n, n, n != metrics.PROTOCOL_N)}"
             for n in fid_counts
         ),
+        *([] if fid_counts else [f"FID protocol: {metrics.PROTOCOL} Not run yet: --fid-samples."]),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
