@@ -231,7 +231,7 @@ def fit(
       mesh: defaults to a ``('data',)`` mesh over all devices.
       eval_fn: called with the params at every epoch end; its dict is logged.
       progress: show a progress bar.
-      model: JSON-able description of the model (`jaxae.evaluate.build_model` reads it), saved
+      model: JSON-able description of the model (`jaxae.models.build` rebuilds it), saved
         with every checkpoint so that the run can be restored and evaluated later.
 
     Returns:
