@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks.train_speed import emit, matmul_reference
+from benchmarks.train_speed import _rounded, _timed_calls, _xla_flops, emit, matmul_reference
 from jaxae import inception, parallel
 
 TARGET_S = 15 * 60  # the issue's target: a 10k-sample FID in <= 15 min on 2 CPU cores
@@ -83,20 +82,6 @@ def parse_args(argv=None):
     return args
 
 
-def _rounded(x, digits=4):
-    return float(f"{x:.{digits}g}") if isinstance(x, float) and math.isfinite(x) else x
-
-
-def _timed_calls(fn, n: int) -> list[float]:
-    """Wall seconds of `n` calls of ``fn()``, each waited for."""
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def _images(n: int, seed: int = 0) -> np.ndarray:
     """[n, 28, 28, 1] uint8 (speed does not depend on the pixel values)."""
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
@@ -112,8 +97,6 @@ def time_batch(embed, params, batch_size: int, repeats: int, mesh) -> dict:
     compiled = embed.lower(params, batch).compile()
     jax.block_until_ready(compiled(params, batch))
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
     times = _timed_calls(lambda: compiled(params, batch), repeats)
     return {
         "batch_size": batch_size,
@@ -121,7 +104,7 @@ def time_batch(embed, params, batch_size: int, repeats: int, mesh) -> dict:
         "images_per_s": batch_size / min(times),
         "images_per_s_median": batch_size / statistics.median(times),
         "s_per_call_all": times,
-        "gflop_per_image": float(cost.get("flops", float("nan"))) / batch_size / 1e9,
+        "gflop_per_image": _xla_flops(compiled) / batch_size / 1e9,
     }
 
 

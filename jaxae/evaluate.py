@@ -297,9 +297,9 @@ def evaluate_run(
         )
     mesh = parallel.data_mesh()
     ds = jdata.load(config.dataset, data_dir=data_dir, pad_to_32=config.pad_to_32)
-    test = ds.test.images[:num_samples]
-    if len(test) < num_samples:
-        raise ValueError(f"{config.dataset} has {len(test)} test images, fewer than {num_samples}")
+    test = reference_images(
+        config.dataset, "test", num_samples, pad_to_32=config.pad_to_32, data_dir=data_dir
+    )  # the images the reference features are of
     ref = reference_features(
         config.dataset,
         "test",
