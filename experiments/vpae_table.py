@@ -217,12 +217,39 @@ def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
     }
 
 
+def read_rows(out: Path, dataset: str) -> dict:
+    """The finished rows of `vpae_<dataset>.csv`, keyed by (dataset, arch, head, K)."""
+    path = out / f"vpae_{dataset}.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["dataset"], r["arch"], r["head"], int(r["K"])): r for r in csv.DictReader(f)}
+
+
+def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
+    """Merge this process's rows into the file's, under a lock, and rewrite the tables.
+
+    Grid processes on different cores (e.g. `--archs mlp` and `--archs cnn`) share one results
+    file: each rereads it before writing, so neither drops the other's rows.
+    """
+    import fcntl
+
+    with open(out / f".vpae_{dataset}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = read_rows(out, dataset)
+        rows.update({cell: r for cell, r in mine.items() if cell[0] == dataset})
+        write_tables(list(rows.values()), out, dataset, args)
+    return rows
+
+
 def write_tables(rows, out: Path, dataset: str, args) -> None:
     rows = [r for r in rows if r["dataset"] == dataset]
-    with open(out / f"vpae_{dataset}.csv", "w", newline="") as f:
+    tmp = out / f".vpae_{dataset}.csv.tmp"
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
         w.writerows(rows)
+    tmp.replace(out / f"vpae_{dataset}.csv")
     cols = ["arch", "head", "K", "params", "paper_params", "s_per_epoch", "paper_s_per_epoch",
             "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "fid_recon", "fid_prior",
             "fid_gaussian", "status"]  # fmt: skip
@@ -287,11 +314,8 @@ def main(argv=None):
 
     done = {}
     for dataset in args.datasets.split(","):
-        path = out / f"vpae_{dataset}.csv"
-        if path.exists():
-            for r in csv.DictReader(open(path)):
-                done[(r["dataset"], r["arch"], r["head"], int(r["K"]))] = r
-    rows = dict(done)
+        done.update(read_rows(out, dataset))
+    rows, mine = dict(done), {}  # mine: the rows this process made, merged into the file
     n_fid = args.fid_samples
     for dataset in args.datasets.split(","):
         ds = jdata.load(dataset, data_dir=args.data_dir)
@@ -303,16 +327,16 @@ def main(argv=None):
             t0 = time.perf_counter()
             print(f"== {' '.join(map(str, cell))}", flush=True)
             row = run_one(ds, *cell, args, mesh, out / "figures")
-            rows[cell] = row
+            rows[cell] = mine[cell] = row
             print(json.dumps(row), f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            write_tables(list(rows.values()), out, dataset, args)
+            save_rows(mine, out, dataset, args)
         if args.fid_samples:
             for cell in grid([dataset], args.archs.split(","), args.heads.split(","), ks):
                 row = rows.get(cell)
                 if row and row["status"] == "ok" and str(row.get("fid_images")) != str(n_fid):
-                    rows[cell] = {**row, **fid_columns(row, args)}
-                    write_tables(list(rows.values()), out, dataset, args)
-        write_tables(list(rows.values()), out, dataset, args)
+                    rows[cell] = mine[cell] = {**row, **fid_columns(row, args)}
+                    save_rows(mine, out, dataset, args)
+        rows.update(save_rows(mine, out, dataset, args))
     return list(rows.values())
 
 

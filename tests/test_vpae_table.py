@@ -41,3 +41,25 @@ def test_tiny_grid_writes_tables_and_figures(tmp_path, monkeypatch):
     assert t_diag["fid_recon"] > 0 and t_diag["fid_prior"] > 0 and t_diag["fid_gaussian"] > 0
     md = (tmp_path / "out" / "vpae_fashion_mnist.md").read_text()
     assert "FID protocol:" in md and "not comparable" in md
+
+
+def test_two_grid_processes_share_one_results_file(tmp_path):
+    """Each process rereads the file before writing: neither drops the other's finished rows."""
+    args = vpae_table.argparse.Namespace(command_line="", epochs=20, batch_size=128)
+
+    def row(head, l2):
+        return {"dataset": "mnist", "arch": "mlp", "head": head, "K": 1, "status": "ok",
+                "L2": l2, "eval_images": 1000}  # fmt: skip
+
+    mlp = {("mnist", "mlp", "mse", 1): row("mse", 1.6)}
+    cnn = {("mnist", "cnn", "matrix_normal_identity", 1): row("matrix_normal_identity", 1.7)}
+    cnn[("mnist", "cnn", "matrix_normal_identity", 1)]["arch"] = "cnn"
+    vpae_table.save_rows(mlp, tmp_path, "mnist", args)  # both started from an empty file
+    merged = vpae_table.save_rows(cnn, tmp_path, "mnist", args)
+    assert set(merged) == set(mlp) | set(cnn)
+    assert set(vpae_table.read_rows(tmp_path, "mnist")) == set(mlp) | set(cnn)
+    mlp[("mnist", "mlp", "mse", 1)]["L2"] = 1.5  # a process's newer row replaces its old one
+    vpae_table.save_rows(mlp, tmp_path, "mnist", args)
+    table = vpae_table.read_rows(tmp_path, "mnist")
+    assert table[("mnist", "mlp", "mse", 1)]["L2"] == "1.5" and len(table) == 2
+    assert "| cnn | matrix_normal_identity | 1 |" in (tmp_path / "vpae_mnist.md").read_text()
