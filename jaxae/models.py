@@ -41,9 +41,8 @@ class CNNDecoder(nnx.Module):
 
     def encode(self, x):
         """The over-complete code: [B, H/2, W/2, filters] flattened."""
-        h = jax.nn.relu(self.conv1(x))
-        b, hh, ww, c = h.shape
-        return h.reshape(b, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))  # max-pool 2x2
+        # max-pool(ReLU(conv + b)) = ReLU(max-pool(conv) + b): both are monotone per channel
+        return jax.nn.relu(nets.conv_maxpool2(x, self.conv1.kernel[...]) + self.conv1.bias[...])
 
     def __call__(self, x):
         h = self.conv2(self.encode(x))

@@ -86,16 +86,57 @@ def test_unknown_model_and_bad_shape():
         nets.make_model("conv", (30, 30, 1), 8)
 
 
+def _lax_conv(x, w, stride=1):
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=dn)
+
+
 @pytest.mark.parametrize(
-    "size,stride,k", [((7, 7), 1, 3), ((28, 28), 2, 3), ((9, 6), 2, 3), ((5, 5), 1, 1)]
-)
-def test_conv2d_same_matches_lax(size, stride, k):
+    "size,stride,k,ci,co",
+    [((7, 7), 1, 3, 3, 4), ((28, 28), 2, 3, 3, 4), ((9, 6), 2, 3, 3, 4), ((5, 5), 1, 1, 3, 4),
+     ((7, 7), 1, 3, 6, 2), ((6, 5), 1, 4, 5, 3), ((8, 8), 2, 3, 6, 2)],
+)  # fmt: skip
+def test_conv2d_same_matches_lax(size, stride, k, ci, co):
+    """Both forms (patches @ kernel; C_in > C_out at stride 1: taps on the output side)."""
     kx, kw = jax.random.split(jax.random.PRNGKey(3))
-    x = jax.random.normal(kx, (2, *size, 3))
-    w = jax.random.normal(kw, (k, k, 3, 4))
-    ref = jax.lax.conv_general_dilated(
-        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    x = jax.random.normal(kx, (2, *size, ci))
+    w = jax.random.normal(kw, (k, k, ci, co))
+    ref = _lax_conv(x, w, stride)
     got = nets.conv2d_same(x, w, stride)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.PRNGKey(4), ref.shape)  # the gradient, both arguments
+    grads = [jax.grad(lambda x, w: (f(x, w, stride) * g).sum(), (0, 1))(x, w)
+             for f in (_lax_conv, nets.conv2d_same)]  # fmt: skip
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def _conv_then_pool(x, w):
+    y = _lax_conv(x, w)
+    b, h, wd, c = y.shape
+    return y.reshape(b, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize("ci,co,k", [(1, 8, 3), (3, 5, 3), (2, 4, 2)])  # 9, 27 (matmul), 8 taps
+def test_conv_maxpool2_matches_conv_then_pool(ci, co, k):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
+    x = jax.random.uniform(kx, (3, 6, 8, ci))
+    w = jax.random.normal(kw, (k, k, ci, co))
+    got = jax.jit(nets.conv_maxpool2)(x, w)
+    np.testing.assert_allclose(got, _conv_then_pool(x, w), rtol=1e-5, atol=1e-6)
+    g = jax.random.normal(kg, got.shape)
+    grads = [jax.jit(jax.grad(lambda x, w: (f(x, w) * g).sum(), (0, 1)))(x, w)
+             for f in (_conv_then_pool, nets.conv_maxpool2)]  # fmt: skip
+    for a, b in zip(*grads):  # no ties in random data: the max's gradient is unique
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    # ties (a constant image: the four phases see the same patches inside) give the same
+    # kernel gradient as jax's equal split, and nothing is counted twice
+    const = jnp.full((1, 6, 6, ci), 0.5)
+    grad_w = [jax.grad(lambda w: f(const, w).sum())(w) for f in (_conv_then_pool, nets.conv_maxpool2)]
+    np.testing.assert_allclose(grad_w[1], grad_w[0], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_maxpool2_needs_even_sizes():
+    with pytest.raises(ValueError, match="even height and width"):
+        nets.conv_maxpool2(jnp.zeros((1, 5, 6, 1)), jnp.zeros((3, 3, 1, 2)))
