@@ -26,14 +26,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def conv2d_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """'SAME' cross-correlation NHWC x HWIO -> NHWC, as one matmul of the patches with the kernel.
+def conv2d_same(x: jax.Array, kernel: jax.Array, stride: int = 1, taps: str = "auto") -> jax.Array:
+    """'SAME' cross-correlation NHWC x HWIO -> NHWC, as one matmul.
 
     The same linear map as ``lax.conv_general_dilated(x, kernel, (stride,)*2, 'SAME')``.
+    taps: 'input' (patches of x @ kernel), 'output' (x @ every tap of the kernel, then shifted
+    and summed; stride 1 only) or 'auto': 'output' when stride is 1 and C_in > C_out.
     """
+    if taps not in ("auto", "input", "output"):
+        raise ValueError(f"conv2d_same: taps must be 'auto', 'input' or 'output', got {taps!r}")
     b, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
-    if stride == 1 and ci > co:  # the taps on the output side: x @ [ci, kh*kw*co], shift, sum
+    if taps == "output" and stride != 1:
+        raise ValueError(f"conv2d_same: taps='output' needs stride 1, got {stride}")
+    if taps == "output" or (taps == "auto" and stride == 1 and ci > co):
         z = x.reshape(-1, ci) @ kernel.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
         z = jnp.pad(z.reshape(b, h, w, kh * kw, co), (*_same_pads(kh, kw), (0, 0), (0, 0)))
         return sum(z[:, i : i + h, j : j + w, i * kw + j] for i in range(kh) for j in range(kw))

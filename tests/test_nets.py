@@ -105,11 +105,21 @@ def test_conv2d_same_matches_lax(size, stride, k, ci, co):
     got = nets.conv2d_same(x, w, stride)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    for taps in ("input", "output")[: 2 if stride == 1 else 1]:  # each form, forced
+        np.testing.assert_allclose(nets.conv2d_same(x, w, stride, taps), ref, rtol=1e-5, atol=1e-5)
     g = jax.random.normal(jax.random.PRNGKey(4), ref.shape)  # the gradient, both arguments
     grads = [jax.grad(lambda x, w: (f(x, w, stride) * g).sum(), (0, 1))(x, w)
              for f in (_lax_conv, nets.conv2d_same)]  # fmt: skip
     for a, b in zip(*grads):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_same_rejects_bad_taps():
+    x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 1))
+    with pytest.raises(ValueError, match="taps must be"):
+        nets.conv2d_same(x, w, taps="both")
+    with pytest.raises(ValueError, match="needs stride 1"):
+        nets.conv2d_same(x, w, 2, taps="output")
 
 
 def _conv_then_pool(x, w):
