@@ -1,5 +1,7 @@
 """Networks: shapes, parameter counts, and the sub-pixel transposed convolution."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,16 +104,21 @@ def test_conv2d_same_matches_lax(size, stride, k, ci, co):
     x = jax.random.normal(kx, (2, *size, ci))
     w = jax.random.normal(kw, (k, k, ci, co))
     ref = _lax_conv(x, w, stride)
-    got = nets.conv2d_same(x, w, stride)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    for taps in ("input", "output")[: 2 if stride == 1 else 1]:  # each form, forced
-        np.testing.assert_allclose(nets.conv2d_same(x, w, stride, taps), ref, rtol=1e-5, atol=1e-5)
-    g = jax.random.normal(jax.random.PRNGKey(4), ref.shape)  # the gradient, both arguments
-    grads = [jax.grad(lambda x, w: (f(x, w, stride) * g).sum(), (0, 1))(x, w)
-             for f in (_lax_conv, nets.conv2d_same)]  # fmt: skip
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    g = jax.random.normal(jax.random.PRNGKey(4), ref.shape)
+
+    @jax.jit
+    def value_and_grads(x, w):  # every form's value, and the gradient in both arguments
+        forms = {"auto": nets.conv2d_same, "lax": _lax_conv}
+        forms |= {t: partial(nets.conv2d_same, taps=t) for t in ("input", "output")[: 3 - stride]}
+        vjp = {n: jax.vjp(lambda x, w, f=f: f(x, w, stride), x, w) for n, f in forms.items()}
+        return {n: (y, back(g)) for n, (y, back) in vjp.items()}
+
+    out = value_and_grads(x, w)
+    assert out["auto"][0].shape == ref.shape
+    for name, (y, (gx, gw)) in out.items():
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(gx, out["lax"][1][0], rtol=1e-4, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(gw, out["lax"][1][1], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_conv2d_same_rejects_bad_taps():
@@ -133,18 +140,24 @@ def test_conv_maxpool2_matches_conv_then_pool(ci, co, k):
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(5), 3)
     x = jax.random.uniform(kx, (3, 6, 8, ci))
     w = jax.random.normal(kw, (k, k, ci, co))
-    got = jax.jit(nets.conv_maxpool2)(x, w)
-    np.testing.assert_allclose(got, _conv_then_pool(x, w), rtol=1e-5, atol=1e-6)
-    g = jax.random.normal(kg, got.shape)
-    grads = [jax.jit(jax.grad(lambda x, w: (f(x, w) * g).sum(), (0, 1)))(x, w)
-             for f in (_conv_then_pool, nets.conv_maxpool2)]  # fmt: skip
-    for a, b in zip(*grads):  # no ties in random data: the max's gradient is unique
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-    # ties (a constant image: the four phases see the same patches inside) give the same
-    # kernel gradient as jax's equal split, and nothing is counted twice
+    g = jax.random.normal(kg, (3, 3, 4, co))
     const = jnp.full((1, 6, 6, ci), 0.5)
-    grad_w = [jax.grad(lambda w: f(const, w).sum())(w) for f in (_conv_then_pool, nets.conv_maxpool2)]
-    np.testing.assert_allclose(grad_w[1], grad_w[0], rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def value_and_grads(x, w):
+        out = []
+        for f in (_conv_then_pool, nets.conv_maxpool2):
+            y, back = jax.vjp(f, x, w)
+            # ties (a constant image: the four phases see the same patches inside) must give
+            # jax's kernel gradient (an equal split) too, without counting a winner twice
+            out.append((y, back(g), jax.grad(lambda w, f=f: f(const, w).sum())(w)))
+        return out
+
+    (ref, ref_grads, ref_tied), (got, grads, tied) = value_and_grads(x, w)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ref_grads, grads):  # no ties in random data: the max's gradient is unique
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tied, ref_tied, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_maxpool2_needs_even_sizes():
