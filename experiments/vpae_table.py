@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import time
@@ -232,8 +233,6 @@ def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
     Grid processes on different cores (e.g. `--archs mlp` and `--archs cnn`) share one results
     file: each rereads it before writing, so neither drops the other's rows.
     """
-    import fcntl
-
     with open(out / f".vpae_{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = read_rows(out, dataset)

@@ -155,7 +155,7 @@ def test_conv_maxpool2_matches_conv_then_pool(ci, co, k):
 
     (ref, ref_grads, ref_tied), (got, grads, tied) = value_and_grads(x, w)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    for a, b in zip(ref_grads, grads):  # no ties in random data: the max's gradient is unique
+    for a, b in zip(ref_grads, grads, strict=True):  # no ties in random data: a unique max
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(tied, ref_tied, rtol=1e-5, atol=1e-5)
 
