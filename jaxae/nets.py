@@ -27,6 +27,22 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def _patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
+    """'SAME' patches of x [B, H, W, C]: [B, ceil(H/s), ceil(W/s), kh*kw*C], ordered (i, j, c)
+    like a HWIO kernel."""
+    _, h, w, _ = x.shape
+    oh, ow = -(-h // stride), -(-w // stride)
+    pad_h = max((oh - 1) * stride + kh - h, 0)
+    pad_w = max((ow - 1) * stride + kw - w, 0)
+    pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    x = jnp.pad(x, pads)
+    span_h, span_w = (oh - 1) * stride + 1, (ow - 1) * stride + 1
+    taps = [
+        x[:, i : i + span_h : stride, j : j + span_w : stride] for i in range(kh) for j in range(kw)
+    ]
+    return jnp.concatenate(taps, axis=-1)
+
+
 def conv2d_same(x: jax.Array, kernel: jax.Array, stride: int = 1, taps: str = "auto") -> jax.Array:
     """'SAME' cross-correlation NHWC x HWIO -> NHWC, as one matmul.
 
@@ -44,16 +60,8 @@ def conv2d_same(x: jax.Array, kernel: jax.Array, stride: int = 1, taps: str = "a
         z = x.reshape(-1, ci) @ kernel.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
         z = jnp.pad(z.reshape(b, h, w, kh * kw, co), (*_same_pads(kh, kw), (0, 0), (0, 0)))
         return sum(z[:, i : i + h, j : j + w, i * kw + j] for i in range(kh) for j in range(kw))
-    oh, ow = -(-h // stride), -(-w // stride)
-    pad_h = max((oh - 1) * stride + kh - h, 0)
-    pad_w = max((ow - 1) * stride + kw - w, 0)
-    pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-    x = jnp.pad(x, pads)
-    span_h, span_w = (oh - 1) * stride + 1, (ow - 1) * stride + 1
-    taps = [
-        x[:, i : i + span_h : stride, j : j + span_w : stride] for i in range(kh) for j in range(kw)
-    ]
-    patches = jnp.concatenate(taps, axis=-1)  # [B, oh, ow, kh*kw*ci], ordered (i, j, ci) as HWIO
+    patches = _patches(x, kh, kw, stride)  # [B, oh, ow, kh*kw*ci]
+    oh, ow = patches.shape[1:3]
     return (patches.reshape(-1, kh * kw * ci) @ kernel.reshape(-1, co)).reshape(b, oh, ow, co)
 
 
@@ -69,9 +77,8 @@ def _phase_patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     like a HWIO kernel.
     """
     b, h, w, c = x.shape
-    xp = jnp.pad(x, (*_same_pads(kh, kw), (0, 0)))
-    p = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)
-    p = p.reshape(b, h // 2, 2, w // 2, 2, kh * kw * c).transpose(2, 4, 0, 1, 3, 5)
+    p = _patches(x, kh, kw).reshape(b, h // 2, 2, w // 2, 2, kh * kw * c)
+    p = p.transpose(2, 4, 0, 1, 3, 5)
     return p.reshape(4, b * (h // 2) * (w // 2), kh * kw * c)
 
 
@@ -86,14 +93,14 @@ def _max4(y):
     return jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
 
 
-@jax.custom_vjp
-def _conv_max(patches, k2d):
-    return _max4(_phase_outputs(patches, k2d))
-
-
 def _conv_max_fwd(patches, k2d):
     m = _max4(_phase_outputs(patches, k2d))
     return m, (patches, k2d, m)
+
+
+@jax.custom_vjp
+def _conv_max(patches, k2d):
+    return _conv_max_fwd(patches, k2d)[0]
 
 
 def _conv_max_bwd(res, g):
