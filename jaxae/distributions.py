@@ -354,7 +354,34 @@ def _t_moment_scale(df: Array, moment: Array, event_ndims: int) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-class MultivariateStudentT(distrax.Distribution):
+class _VectorLocScale:
+    """The location and factor accessors shared by the vector families (``_loc``, ``_scale``)."""
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._loc.shape[-1:]
+
+    @property
+    def dtype(self):
+        return self._loc.dtype
+
+    @property
+    def loc(self) -> Array:
+        """Location, [*batch, d]."""
+        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
+
+    @property
+    def scale_kind(self) -> str:
+        """``'identity'``, ``'diag'`` or ``'tril'``."""
+        return self._scale.kind
+
+    @property
+    def scale_tril(self) -> Array:
+        """L as a dense lower-triangular matrix, [*b_s, d, d] (O(d^2) even if diagonal)."""
+        return self._scale.dense(self.event_shape[0], self.dtype)
+
+
+class MultivariateStudentT(_VectorLocScale, distrax.Distribution):
     """Multivariate Student t on ``R^d`` with scale matrix ``Sigma = L L^T``.
 
     Same density as TFP's ``MultivariateStudentTLinearOperator`` and SciPy's
@@ -396,38 +423,15 @@ class MultivariateStudentT(distrax.Distribution):
         _broadcast_batch(**shapes)
 
     @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self._loc.shape[-1:]
-
-    @property
     def batch_shape(self) -> tuple[int, ...]:
         return tuple(
             jnp.broadcast_shapes(self._df.shape, self._loc.shape[:-1], self._scale.batch_shape)
         )
 
     @property
-    def dtype(self):
-        return self._loc.dtype
-
-    @property
     def df(self) -> Array:
         """Degrees of freedom, [*batch]."""
         return jnp.broadcast_to(self._df, self.batch_shape)
-
-    @property
-    def loc(self) -> Array:
-        """Location, [*batch, d]."""
-        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
-
-    @property
-    def scale_kind(self) -> str:
-        """``'identity'``, ``'diag'`` or ``'tril'``."""
-        return self._scale.kind
-
-    @property
-    def scale_tril(self) -> Array:
-        """L as a dense lower-triangular matrix, [*b_s, d, d] (O(d^2) even if diagonal)."""
-        return self._scale.dense(self.event_shape[0], self.dtype)
 
     def log_prob(self, value: Array) -> Array:
         """log p(value): [..., d] -> [..., *batch] (broadcasting)."""
@@ -476,7 +480,7 @@ class MultivariateStudentT(distrax.Distribution):
         return out
 
 
-class MultivariateNormal(distrax.Distribution):
+class MultivariateNormal(_VectorLocScale, distrax.Distribution):
     """Multivariate normal N(loc, L L^T) on ``R^d`` through the same factor code as
     `MultivariateStudentT`: O(d) for identity/diagonal L, triangular solves (with the
     deadlock-free VJP above) for a full L. Same density as distrax's MultivariateNormalTri::
@@ -499,16 +503,8 @@ class MultivariateNormal(distrax.Distribution):
         _broadcast_batch(loc=self._loc.shape[:-1], scale=self._scale.batch_shape)
 
     @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self._loc.shape[-1:]
-
-    @property
     def batch_shape(self) -> tuple[int, ...]:
         return tuple(jnp.broadcast_shapes(self._loc.shape[:-1], self._scale.batch_shape))
-
-    @property
-    def dtype(self):
-        return self._loc.dtype
 
     def log_prob(self, value: Array) -> Array:
         d = self.event_shape[0]
@@ -520,10 +516,10 @@ class MultivariateNormal(distrax.Distribution):
         return self._loc + self._scale.matvec(z)
 
     def mean(self) -> Array:
-        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
+        return self.loc
 
     def mode(self) -> Array:
-        return self.mean()
+        return self.loc
 
     def variance(self) -> Array:
         var = self._scale.diag_of_cov(self.event_shape[0], self.dtype)

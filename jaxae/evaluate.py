@@ -141,6 +141,7 @@ class Restored(NamedTuple):
     spec: dict  # the model description (`models.build`)
     model: nnx.Module  # with the checkpoint's weights
     step: int
+    state: dict  # the whole train state (params, optimizer state, step, key), host arrays
 
 
 def _infer_specs(config: TrainConfig, image_shape) -> list[dict]:
@@ -179,8 +180,8 @@ def restore(run_dir) -> Restored:
                     except CheckpointError as e:
                         errors.append(f"step {step} as {spec['kind']}: {e}")
                         continue
-                    model = nnx.merge(graphdef, parallel.to_host(state["params"]))
-                    return Restored(config, spec, model, step)
+                    state = parallel.to_host(state)
+                    return Restored(config, spec, nnx.merge(graphdef, state["params"]), step, state)
             except (CheckpointError, KeyError, ValueError) as e:
                 errors.append(f"step {step}: {e}")
         raise CheckpointError(f"no checkpoint of {run_dir} could be restored: " + "; ".join(errors))

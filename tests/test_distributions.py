@@ -694,3 +694,9 @@ def test_multivariate_normal_matches_scipy_and_moments(x64):
     diag = jd.MultivariateNormal(jnp.asarray(loc), scale_diag=jnp.asarray([1.0, 2, 3, 4, 5]))
     want = scipy.stats.multivariate_normal(loc[0], np.diag([1.0, 4, 9, 16, 25])).logpdf(x[0])
     np.testing.assert_allclose(diag.log_prob(jnp.asarray(x))[0], want, rtol=1e-10)
+    # The accessors shared with MultivariateStudentT: the factor as given, loc broadcast.
+    np.testing.assert_array_equal(dist.scale_tril, tril)
+    np.testing.assert_array_equal(diag.scale_tril, np.diag([1.0, 2, 3, 4, 5]))
+    assert (dist.scale_kind, diag.scale_kind) == ("tril", "diag")
+    ident = jd.MultivariateNormal(jnp.asarray(loc[0]), scale_diag=jnp.ones((3, d)))
+    assert ident.loc.shape == (3, d) and ident.mean().shape == (3, d)
