@@ -166,12 +166,12 @@ def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
     # L2 and PSNR on the first eval images; the NLL on the whole test set.
     recon_fn = jax.jit(lambda x, key: model.reconstruct(x, key))
     x_eval = np.asarray(pre(jnp.asarray(eval_images)))
-    recons, variances = [], []
-    for i in range(0, len(x_eval), 100):
-        r, v = recon_fn(x_eval[i : i + 100], jax.random.PRNGKey(i))
-        recons.append(np.asarray(r))
-        variances.append(np.asarray(v))
-    recon, var = np.concatenate(recons), np.concatenate(variances)
+    recon = np.concatenate(
+        [
+            np.asarray(recon_fn(x_eval[i : i + 100], jax.random.PRNGKey(i))[0])
+            for i in range(0, len(x_eval), 100)
+        ]
+    )
     mse = float(np.mean((recon - x_eval) ** 2))
     nll = float("nan")
     if name != "mse":
@@ -184,24 +184,7 @@ def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
         test = ds.test.images[: args.nll_images or None]
         nll = train.evaluate(nll_fn, result.state["params"], {"image": test}, 100, mesh)["nll"]
 
-    tag = f"{dataset}-{arch}-{name}-k{k}"
-    show = slice(0, 8)
-    var_img = np.clip(np.nan_to_num(var[show], nan=0.0), 0, 1)
-    plots.image_grid([x_eval[show], recon[show], var_img], figures / f"{tag}-recon.png")
-    if k > 1:  # Figure 4: each component's image and its mixture log-density
-        comps, logp = jax.jit(model.components)(x_eval[:4])
-        rows = [np.concatenate([x_eval[i : i + 1], np.asarray(comps[i])]) for i in range(4)]
-        captions = [[""] + [f"{v:.0f}" for v in np.asarray(logp[i])] for i in range(4)]
-        plots.image_grid(rows, figures / f"{tag}-components.png", captions=captions)
-    if arch == "mlp":  # Figure 3: decoded prior codes; draws given an input
-        z = jax.random.normal(jax.random.PRNGKey(7), (8, 32))
-        prior = np.asarray(jax.jit(model.decode_code)(z, jax.random.PRNGKey(8))[0])
-        rows = [prior]
-        if name not in ("mse",):
-            raw = model(jnp.asarray(x_eval[:8]))[0]
-            draws = model.likelihood(raw).sample(seed=jax.random.PRNGKey(9))
-            rows.append(np.clip(np.asarray(head.to_image(draws)), 0, 1))
-        plots.image_grid(rows, figures / f"{tag}-samples.png")
+    draw_figures(model, x_eval, f"{dataset}-{arch}-{name}-k{k}", figures)
 
     return {
         **row,
@@ -216,6 +199,58 @@ def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
         "train_examples": len(train_images),
         "eval_images": len(eval_images),
     }
+
+
+def draw_figures(model: VPAE, x_eval: np.ndarray, tag: str, figures: Path) -> None:
+    """The paper's figures of one row, from its model and the test images x_eval (in [0, 1]).
+
+    Figures 1-2 (``<tag>-recon.png``): input / reconstruction / per-pixel variance. Each
+    variance image is scaled by its own maximum, written under it; "undefined" where the head
+    has no variance (mse; a t head with df <= 2). Figure 4 (``-components.png``, mixtures):
+    each component's image and its mixture log-density. Figure 3 (``-samples.png``, MLP):
+    decoded N(0, I) codes, and draws from the distribution given an input.
+    """
+    head, x = model.head, jnp.asarray(x_eval[:8])
+    recon, var = map(np.asarray, jax.jit(model.reconstruct)(x, jax.random.PRNGKey(0)))
+    var_images, var_caps = variance_panel(var)
+    blank = [""] * len(x)
+    plots.image_grid(
+        [x, recon, var_images], figures / f"{tag}-recon.png", captions=[blank, blank, var_caps]
+    )
+    if head.k > 1:  # Figure 4: each component's image and its mixture log-density
+        comps, logp = jax.jit(model.components)(x[:4])
+        rows = [np.concatenate([x_eval[i : i + 1], np.asarray(comps[i])]) for i in range(4)]
+        captions = [[""] + [f"{v:.0f}" for v in np.asarray(logp[i])] for i in range(4)]
+        plots.image_grid(rows, figures / f"{tag}-components.png", captions=captions)
+    if model.arch == "mlp":  # Figure 3: decoded prior codes; draws given an input
+        z = jax.random.normal(jax.random.PRNGKey(7), (8, 32))
+        rows = [np.asarray(jax.jit(model.decode_code)(z, jax.random.PRNGKey(8))[0])]
+        if head.name != "mse":
+            draws = model.likelihood(model(x)[0]).sample(seed=jax.random.PRNGKey(9))
+            rows.append(np.clip(np.asarray(head.to_image(draws)), 0, 1))
+        plots.image_grid(rows, figures / f"{tag}-samples.png")
+
+
+def variance_panel(var: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per-pixel variances [N, H, W, C] -> images scaled by their own maximum, and captions.
+
+    An image with any non-finite variance (none defined: mse, a t head with df <= 2) is drawn
+    black and captioned "undefined"; a positive maximum is written as "max 0.043".
+    """
+    images, captions = [], []
+    for v in np.asarray(var, np.float64):
+        top = float(np.max(v)) if np.all(np.isfinite(v)) else math.nan
+        images.append(v / top if top > 0 else np.zeros_like(v))
+        captions.append("undefined" if math.isnan(top) else f"max {top:.2g}")
+    return np.stack(images), captions
+
+
+def redraw(row: dict, ds, args, figures: Path) -> None:
+    """`draw_figures` of a finished row, from the newest checkpoint of its run folder."""
+    tag = f"{row['dataset']}-{row['arch']}-{row['head']}-k{row['K']}"
+    print(f"== redraw {tag}", flush=True)
+    model = evaluate.restore(Path(args.runs) / f"{tag}-s{row['seed']}").model
+    draw_figures(model, np.asarray(jdata.Preprocess("unit")(ds.test.images[:8])), tag, figures)
 
 
 def read_rows(out: Path, dataset: str) -> dict:
@@ -297,6 +332,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a small subset, for CI-sized checks")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--redraw", action="store_true",
+        help="train nothing: redraw the figures of every finished row from its run's checkpoint",
+    )  # fmt: skip
+    p.add_argument(
         "--fid-samples", type=int, default=0,
         help="score every finished row of the grid with jaxae.evaluate on this many samples "
         f"({metrics.PROTOCOL_N}: the standard protocol; fewer: marked quick); 0: no FID",
@@ -322,6 +361,10 @@ def main(argv=None):
         todo = grid([dataset], args.archs.split(","), args.heads.split(","), ks)
         for cell in todo:
             if cell in done and done[cell]["status"] == "ok":
+                if args.redraw:
+                    redraw(done[cell], ds, args, out / "figures")
+                continue
+            if args.redraw:
                 continue
             t0 = time.perf_counter()
             print(f"== {' '.join(map(str, cell))}", flush=True)

@@ -2,6 +2,8 @@
 
 import csv
 
+import numpy as np
+
 from experiments import vpae_table
 
 
@@ -32,6 +34,11 @@ def test_tiny_grid_writes_tables_and_figures(tmp_path, monkeypatch):
     # a second call finds every row done and trains nothing
     again = vpae_table.main(argv)
     assert [r["L2"] for r in again] == [r["L2"] for r in table]
+    # --redraw draws the figures again from the runs' checkpoints, training nothing
+    for f in (tmp_path / "out" / "figures").iterdir():
+        f.unlink()
+    vpae_table.main([*argv, "--redraw"])
+    assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == figures
 
     # FID columns for the finished rows, by jaxae.evaluate (a quick protocol, stated)
     monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
@@ -63,3 +70,14 @@ def test_two_grid_processes_share_one_results_file(tmp_path):
     table = vpae_table.read_rows(tmp_path, "mnist")
     assert table[("mnist", "mlp", "mse", 1)]["L2"] == "1.5" and len(table) == 2
     assert "| cnn | matrix_normal_identity | 1 |" in (tmp_path / "vpae_mnist.md").read_text()
+
+
+def test_variance_panel_scales_each_image_and_names_undefined_ones():
+    var = np.zeros((3, 2, 2, 1))
+    var[0] = [[[0.1], [0.5]], [[0.2], [0.0]]]
+    var[1, 0, 0, 0] = np.nan  # a head without a variance
+    var[2, 1, 1, 0] = np.inf  # a t head with 1 < df <= 2
+    images, captions = vpae_table.variance_panel(var)
+    np.testing.assert_allclose(images[0].ravel(), [0.2, 1.0, 0.4, 0.0])
+    assert captions == ["max 0.5", "undefined", "undefined"]
+    assert np.all(images[1:] == 0)
