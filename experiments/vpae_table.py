@@ -378,7 +378,8 @@ def main(argv=None):
                 if row and row["status"] == "ok" and str(row.get("fid_images")) != str(n_fid):
                     rows[cell] = mine[cell] = {**row, **fid_columns(row, args)}
                     save_rows(mine, out, dataset, args)
-        rows.update(save_rows(mine, out, dataset, args))
+        if any(cell[0] == dataset for cell in mine):  # else the file stays as it is
+            rows.update(save_rows(mine, out, dataset, args))
     return list(rows.values())
 
 

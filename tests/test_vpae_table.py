@@ -33,12 +33,14 @@ def test_tiny_grid_writes_tables_and_figures(tmp_path, monkeypatch):
     assert "fashion_mnist-mlp-matrix_t_identity-k1-samples.png" in figures
     # a second call finds every row done and trains nothing
     again = vpae_table.main(argv)
+    md = (tmp_path / "out" / "vpae_fashion_mnist.md").read_text()
     assert [r["L2"] for r in again] == [r["L2"] for r in table]
     # --redraw draws the figures again from the runs' checkpoints, training nothing
     for f in (tmp_path / "out" / "figures").iterdir():
         f.unlink()
     vpae_table.main([*argv, "--redraw"])
     assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == figures
+    assert (tmp_path / "out" / "vpae_fashion_mnist.md").read_text() == md  # tables untouched
 
     # FID columns for the finished rows, by jaxae.evaluate (a quick protocol, stated)
     monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
