@@ -47,3 +47,5 @@ def test_replay_matches_the_run_it_restarts(tmp_path, head):
         assert line["max_nll"] >= line["loss"]  # the worst example bounds the mean
         assert 1e-6 < line["min_factor_diag"] < np.inf and 0 < line["max_abs_whitened"] < np.inf
     assert len(list(vpae_replay.replay(tmp_path / "a", images, steps=2))) == 2
+    with pytest.raises(ValueError, match="trained on 32 images and the replay got 24"):
+        next(vpae_replay.replay(tmp_path / "a", images[:24]))
