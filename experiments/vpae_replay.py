@@ -37,17 +37,11 @@ def _factor_probe(model, x) -> dict:
     head = model.head
     if head.k != 1 or not head.mixable or head.scale == "identity":
         return {}
-    solve = jax.scipy.linalg.solve_triangular
-    if head.is_matrix:
-        rows, cols = dist.scale_row_tril, dist.scale_column_tril
-        r = head.to_event(x) - dist.loc
-        z = solve(rows, r, lower=True)  # A^-1 R
-        z = jnp.swapaxes(solve(cols, jnp.swapaxes(z, -1, -2), lower=True), -1, -2)  # .. B^-T
-        diag = jnp.minimum(*(jnp.diagonal(f, axis1=-2, axis2=-1).min() for f in (rows, cols)))
-    else:
-        tril = dist.scale_tril
-        z = solve(tril, (head.to_event(x) - dist.loc)[..., None], lower=True)
-        diag = jnp.diagonal(tril, axis1=-2, axis2=-1).min()
+    factors = (
+        (dist.scale_row_tril, dist.scale_column_tril) if head.is_matrix else (dist.scale_tril,)
+    )
+    diag = jnp.min(jnp.stack([jnp.diagonal(f, axis1=-2, axis2=-1).min() for f in factors]))
+    z = dist.whiten(head.to_event(x))  # L^-1 (x - loc); matrix heads A^-1 (X - M) B^-T
     return {"min_factor_diag": diag, "max_abs_whitened": jnp.abs(z).max()}
 
 

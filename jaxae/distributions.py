@@ -354,12 +354,8 @@ def _t_moment_scale(df: Array, moment: Array, event_ndims: int) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-class _VectorLocScale:
-    """The location and factor accessors shared by the vector families (``_loc``, ``_scale``)."""
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self._loc.shape[-1:]
+class _Located:
+    """``dtype`` and the broadcast location of every family here (``_loc``: [*b, *event])."""
 
     @property
     def dtype(self):
@@ -367,8 +363,16 @@ class _VectorLocScale:
 
     @property
     def loc(self) -> Array:
-        """Location, [*batch, d]."""
+        """Location, [*batch, *event]."""
         return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
+
+
+class _VectorLocScale(_Located):
+    """The factor accessors shared by the vector families (``_loc``, ``_scale``)."""
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._loc.shape[-1:]
 
     @property
     def scale_kind(self) -> str:
@@ -379,6 +383,10 @@ class _VectorLocScale:
     def scale_tril(self) -> Array:
         """L as a dense lower-triangular matrix, [*b_s, d, d] (O(d^2) even if diagonal)."""
         return self._scale.dense(self.event_shape[0], self.dtype)
+
+    def whiten(self, value: Array) -> Array:
+        """z = L^-1 (value - loc), [..., *batch, d]: a triangular solve, no inverse."""
+        return self._scale.solve_vec(value - self._loc)
 
 
 class MultivariateStudentT(_VectorLocScale, distrax.Distribution):
@@ -437,7 +445,7 @@ class MultivariateStudentT(_VectorLocScale, distrax.Distribution):
         """log p(value): [..., d] -> [..., *batch] (broadcasting)."""
         d = self.event_shape[0]
         df = self._df
-        maha = jnp.sum(jnp.square(self._scale.solve_vec(value - self._loc)), axis=-1)
+        maha = jnp.sum(jnp.square(self.whiten(value)), axis=-1)
         log_norm = (
             gammaln(0.5 * (df + d))
             - gammaln(0.5 * df)
@@ -508,7 +516,7 @@ class MultivariateNormal(_VectorLocScale, distrax.Distribution):
 
     def log_prob(self, value: Array) -> Array:
         d = self.event_shape[0]
-        maha = jnp.sum(jnp.square(self._scale.solve_vec(value - self._loc)), axis=-1)
+        maha = jnp.sum(jnp.square(self.whiten(value)), axis=-1)
         return -0.5 * d * math.log(2 * math.pi) - self._scale.log_abs_det(self.dtype) - 0.5 * maha
 
     def _sample_n(self, key: Array, n: int) -> Array:
@@ -538,7 +546,7 @@ class MultivariateNormal(_VectorLocScale, distrax.Distribution):
 # ----------------------------------------------------------------------------------------------
 
 
-class _MatrixDistribution(distrax.Distribution):
+class _MatrixDistribution(_Located, distrax.Distribution):
     """Shared parameters of the matrix families: loc [*b, n, p], row factor A, column factor B."""
 
     _has_df = True
@@ -593,15 +601,6 @@ class _MatrixDistribution(distrax.Distribution):
         return tuple(jnp.broadcast_shapes(*shapes))
 
     @property
-    def dtype(self):
-        return self._loc.dtype
-
-    @property
-    def loc(self) -> Array:
-        """Location M, [*batch, n, p]."""
-        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
-
-    @property
     def scale_kind(self) -> tuple[str, str]:
         """(row, column) kinds, each ``'identity'``, ``'diag'`` or ``'tril'``."""
         return self._row.kind, self._column.kind
@@ -616,7 +615,7 @@ class _MatrixDistribution(distrax.Distribution):
         """B as a dense lower-triangular matrix, [*b_B, p, p]."""
         return self._column.dense(self.event_shape[1], self.dtype)
 
-    def _whiten(self, value: Array) -> Array:
+    def whiten(self, value: Array) -> Array:
         """Y = A^-1 (X - M) B^-T, [..., *batch, n, p]."""
         return self._column.solve_right_t(self._row.solve_left(value - self._loc))
 
@@ -698,7 +697,7 @@ class MatrixNormal(_MatrixDistribution):
     def log_prob(self, value: Array) -> Array:
         """log p(value): [..., n, p] -> [..., *batch]."""
         n, p = self.event_shape
-        sq = jnp.sum(jnp.square(self._whiten(value)), axis=(-2, -1))
+        sq = jnp.sum(jnp.square(self.whiten(value)), axis=(-2, -1))
         return -0.5 * n * p * math.log(2 * math.pi) - self._log_det() - 0.5 * sq
 
     def _sample_n(self, key: Array, n: int) -> Array:
@@ -777,7 +776,7 @@ class MatrixStudentT(_MatrixT):
         n, p = self.event_shape
         k = n * p
         df = self._df
-        sq = jnp.sum(jnp.square(self._whiten(value)), axis=(-2, -1))
+        sq = jnp.sum(jnp.square(self.whiten(value)), axis=(-2, -1))
         log_norm = (
             gammaln(0.5 * (df + k))
             - gammaln(0.5 * df)
@@ -866,7 +865,7 @@ class MatrixVariateT(_MatrixT):
         """log p(value): [..., n, p] -> [..., *batch]."""
         n, p = self.event_shape
         df = self._df
-        y = self._whiten(value)
+        y = self.whiten(value)
         if min(n, p) == 1:
             log_det_g = jnp.log1p(jnp.sum(jnp.square(y), axis=(-2, -1)))
         else:

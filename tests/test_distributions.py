@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.stats
 from scipy.special import gammaln
 from tensorflow_probability.substrates import jax as tfp
@@ -700,3 +701,7 @@ def test_multivariate_normal_matches_scipy_and_moments(x64):
     assert (dist.scale_kind, diag.scale_kind) == ("tril", "diag")
     ident = jd.MultivariateNormal(jnp.asarray(loc[0]), scale_diag=jnp.ones((3, d)))
     assert ident.loc.shape == (3, d) and ident.mean().shape == (3, d)
+    want = np.stack(
+        [scipy.linalg.solve_triangular(tril[b], x[b] - loc[b], lower=True) for b in range(2)]
+    )
+    np.testing.assert_allclose(dist.whiten(jnp.asarray(x)), want, rtol=1e-10)
