@@ -28,7 +28,6 @@ from flax import nnx
 
 from jaxae import data as jdata
 from jaxae import evaluate, objectives, parallel, train
-from jaxae.checkpoint import Checkpointer
 
 
 def _factor_probe(model, x) -> dict:
@@ -62,8 +61,7 @@ def replay(
         raise ValueError(f"{run_dir} is a {spec['kind']!r} run; the replay knows VPAE runs only")
     if images is None:
         images = jdata.load(config.dataset, data_dir=data_dir).train.images
-    with Checkpointer(Path(run_dir) / "checkpoints", save_every=1) as ckpt:
-        trained_on = ckpt.read_meta(restored.step)["data"]["num_examples"]
+    trained_on = restored.meta["data"]["num_examples"]
     if len(images) != trained_on:
         raise ValueError(
             f"{run_dir} trained on {trained_on} images and the replay got {len(images)}: "

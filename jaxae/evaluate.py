@@ -142,6 +142,7 @@ class Restored(NamedTuple):
     model: nnx.Module  # with the checkpoint's weights
     step: int
     state: dict  # the whole train state (params, optimizer state, step, key), host arrays
+    meta: dict  # the checkpoint's metadata (config, model, data: num_examples, ...)
 
 
 def _infer_specs(config: TrainConfig, image_shape) -> list[dict]:
@@ -181,7 +182,8 @@ def restore(run_dir) -> Restored:
                         errors.append(f"step {step} as {spec['kind']}: {e}")
                         continue
                     state = parallel.to_host(state)
-                    return Restored(config, spec, nnx.merge(graphdef, state["params"]), step, state)
+                    model = nnx.merge(graphdef, state["params"])
+                    return Restored(config, spec, model, step, state, meta)
             except (CheckpointError, KeyError, ValueError) as e:
                 errors.append(f"step {step}: {e}")
         raise CheckpointError(f"no checkpoint of {run_dir} could be restored: " + "; ".join(errors))
