@@ -276,8 +276,13 @@ def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
     return rows
 
 
+def table_order(row: dict) -> tuple:
+    """The papers' row order: MLP before CNN, then K, then the head in `HEADS` order."""
+    return ("mlp", "cnn").index(row["arch"]), int(row["K"]), HEADS.index(row["head"])
+
+
 def write_tables(rows, out: Path, dataset: str, args) -> None:
-    rows = [r for r in rows if r["dataset"] == dataset]
+    rows = sorted((r for r in rows if r["dataset"] == dataset), key=table_order)
     tmp = out / f".vpae_{dataset}.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
