@@ -41,7 +41,7 @@ from jaxae import data as jdata
 from jaxae import evaluate, metrics, objectives, parallel, plots, train
 from jaxae.config import TrainConfig
 from jaxae.heads import HEADS, Head
-from jaxae.models import VPAE
+from jaxae.models import ARCHS, VPAE
 
 # The paper's Table 1 (MLP): (head, K) -> (MNIST L2, F-MNIST L2, params, MNIST s/epoch,
 # F-MNIST s/epoch). L2 is mean squared error x 100 on 1000 test images.
@@ -277,8 +277,8 @@ def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
 
 
 def table_order(row: dict) -> tuple:
-    """The papers' row order: MLP before CNN, then K, then the head in `HEADS` order."""
-    return ("mlp", "cnn").index(row["arch"]), int(row["K"]), HEADS.index(row["head"])
+    """The papers' row order: the architecture in `ARCHS` order (MLP before CNN), K, then head."""
+    return ARCHS.index(row["arch"]), int(row["K"]), HEADS.index(row["head"])
 
 
 def write_tables(rows, out: Path, dataset: str, args) -> None:
