@@ -1,8 +1,15 @@
 """Checkpoints: an orbax `CheckpointManager` behind one small class.
 
-A checkpoint is a folder `<directory>/<step>` holding one `ocp.args.Composite` of three items:
-`state` (the train-state pytree `{params, opt_state, step, key}`, `StandardSave`), `meta` (a
-JSON dict: run config, data position) and `checksum` (one uint32 per state leaf, JSON).
+A checkpoint is a folder `<directory>/<step>` holding one `ocp.args.Composite` of four items:
+`model` (`{params, model_state}`: what a trained model is, `StandardSave`), `train` (`{opt_state,
+step, key}`: what resuming needs besides), `meta` (a JSON dict: run config, model description,
+data position and files) and `checksum` (one uint32 per leaf of model then train, JSON). So a
+model is restored from its own item without knowing how it was trained (`restore_params`).
+Checkpoints of earlier releases hold the whole train state as one item `state`; both read.
+
+A checkpoint whose tree or shapes differ from what is asked for (the network was edited, the
+optimizer changed) is not corrupt: `ModelMismatchError` names the first differing leaf and both
+shapes, and nothing is renamed. Only an unreadable step is set aside.
 
 Atomicity (checked in orbax-checkpoint 0.12.8, local filesystem): a save writes into
 `<step>.orbax-checkpoint-tmp`, adds `commit_success.txt` and renames the folder to `<step>` (one
@@ -17,6 +24,8 @@ array data (a garbled block restores silently as other numbers), hence our per-l
 import os
 import time
 import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +41,42 @@ class CorruptCheckpointWarning(UserWarning):
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory or step cannot be used."""
+
+
+class ModelMismatchError(CheckpointError):
+    """A readable checkpoint holds a different tree or shapes than the model asked for."""
+
+
+MODEL_KEYS = ("params", "model_state")  # the `model` item; the rest of the state is `train`
+
+
+def _split_state(state: dict) -> tuple[dict, dict]:
+    model = {k: state[k] for k in MODEL_KEYS}
+    return model, {k: v for k, v in state.items() if k not in MODEL_KEYS}
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{'params/net/encoder/kernel/value': shape} of a pytree of arrays or orbax metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_str(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in leaves}
+
+
+def compare_trees(saved: dict[str, tuple], wanted: dict[str, tuple], what: str) -> None:
+    """Raise `ModelMismatchError` naming the first leaf whose presence or shape differs."""
+    for name in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(name), wanted.get(name)
+        if a != b:
+            a_s = "absent" if a is None else f"shape {a}"
+            b_s = "absent" if b is None else f"shape {b}"
+            raise ModelMismatchError(
+                f"{what}: the checkpoint's {name} has {a_s}, the model's has {b_s} "
+                f"({len(saved)} saved leaves, {len(wanted)} expected). It is intact and was left "
+                "as it is: restore it with the model it was trained with, or train in a new folder."
+            )
 
 
 @jax.jit
@@ -76,7 +121,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        handlers = {"state": ocp.StandardCheckpointHandler()}
+        handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "train", "state")}
         handlers |= {name: ocp.JsonCheckpointHandler() for name in ("meta", "checksum")}
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -95,9 +140,14 @@ class Checkpointer:
             return False
         if os.path.exists(self.path(step)):  # orbax would delete it before writing the new one
             raise CheckpointError(f"{self.path(step)} exists but was not listed: another writer?")
-        checksum = ocp.args.JsonSave(np.asarray(_fingerprint(state)).tolist())
+        model, train = _split_state(state)
+        checksum = {k: np.asarray(_fingerprint(v)).tolist() for k, v in (("model", model),
+                    ("train", train))}  # fmt: skip
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta), checksum=checksum
+            model=ocp.args.StandardSave(model),
+            train=ocp.args.StandardSave(train),
+            meta=ocp.args.JsonSave(meta),
+            checksum=ocp.args.JsonSave(checksum),
         )
         return self._mngr.save(step, args=args, force=True)
 
@@ -120,29 +170,100 @@ class Checkpointer:
             raise CheckpointError(why) from e
         return meta
 
-    def restore(self, step: int, abstract_state):
-        """Returns `(state, meta)` of `step`, bit for bit as saved.
+    def is_legacy(self, step: int) -> bool:
+        """Whether `step` was written by an earlier release (one `state` item)."""
+        return os.path.isdir(os.path.join(self.path(step), "state"))
 
-        `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (or arrays) whose structure,
-        dtypes and shardings (else those saved) the restored state takes. Raises
-        `CheckpointError` naming the step, its path and the cause if an item cannot be read or
-        the state fails its checksum.
-        """
-        self.wait()
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        json, state = ocp.args.JsonRestore(), ocp.args.StandardRestore(target)
-        args = ocp.args.Composite(state=state, meta=json, checksum=json)
+    def _check_shapes(self, step: int, items: dict) -> None:
+        """`ModelMismatchError` if the saved trees differ from `items` (name -> abstract tree);
+        `CheckpointError` if the step's metadata cannot be read (an unreadable step)."""
         try:
-            out = self._mngr.restore(step, args=args)
-            if np.asarray(_fingerprint(out["state"])).tolist() != out["checksum"]:
-                raise ValueError("the state does not match the checksum saved with it")
+            saved = self._mngr.item_metadata(step)
+            saved = {name: _shapes(saved[name]) for name in items}
+        except Exception as e:
+            raise CheckpointError(f"cannot read step {step} ({self.path(step)}): {e}") from e
+        for name, tree in items.items():
+            compare_trees(saved[name], _shapes(tree), f"step {step} ({self.path(step)})")
+
+    def _restore_items(self, step: int, targets: dict):
+        """Restore the named items (templates or None for as-saved) plus meta and checksum."""
+        json = ocp.args.JsonRestore()
+        args = {name: ocp.args.StandardRestore(t) for name, t in targets.items()}
+        try:
+            return self._mngr.restore(
+                step, args=ocp.args.Composite(**args, meta=json, checksum=json)
+            )
         except Exception as e:  # whatever the failure, this step is unusable
             root = e  # orbax wraps tensorstore errors: the innermost one says what is wrong
             while root.__cause__ is not None:
                 root = root.__cause__
             why = f"{type(root).__name__}: {str(root).partition(chr(10))[0][:300]}"
             raise CheckpointError(f"cannot restore step {step} ({self.path(step)}): {why}") from e
-        return out["state"], out["meta"]
+
+    def _verify(self, step: int, trees: dict, checksum) -> None:
+        for name, tree in trees.items():
+            expected = checksum if name == "state" else checksum.get(name)
+            if np.asarray(_fingerprint(tree)).tolist() != expected:
+                raise CheckpointError(
+                    f"cannot restore step {step} ({self.path(step)}): the {name} item does not "
+                    "match the checksum saved with it"
+                )
+
+    def restore(self, step: int, abstract_state):
+        """Returns `(state, meta)` of `step`, bit for bit as saved.
+
+        `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (or arrays) whose structure,
+        dtypes and shardings (else those saved) the restored state takes. Raises
+        `ModelMismatchError` if the saved trees differ from it (nothing is read), and
+        `CheckpointError` naming the step, its path and the cause if an item cannot be read or
+        fails its checksum.
+        """
+        self.wait()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        if self.is_legacy(step):
+            legacy = {k: v for k, v in target.items() if k != "model_state"}
+            self._check_shapes(step, {"state": legacy})
+            out = self._restore_items(step, {"state": legacy})
+            self._verify(step, {"state": out["state"]}, out["checksum"])
+            return {**out["state"], "model_state": abstract_state["model_state"]}, out["meta"]
+        model, train = _split_state(target)
+        self._check_shapes(step, {"model": model, "train": train})
+        out = self._restore_items(step, {"model": model, "train": train})
+        self._verify(step, {"model": out["model"], "train": out["train"]}, out["checksum"])
+        return {**out["model"], **out["train"]}, out["meta"]
+
+    def restore_model(self, step: int, abstract_model: dict):
+        """`({params, model_state}, meta)` of `step`, without the optimizer state.
+
+        Earlier releases' steps hold one `state` item; it is read as saved (no template, so
+        the optimizer need not be known) and its parameters taken out.
+        """
+        self.wait()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_model)
+        if not self.is_legacy(step):
+            self._check_shapes(step, {"model": target})
+            out = self._restore_items(step, {"model": target})
+            self._verify(step, {"model": out["model"]}, out["checksum"])
+            return out["model"], out["meta"]
+        out = self._restore_items(step, {"state": None})
+        saved = out["state"]
+        sums = sorted(np.asarray(_fingerprint(saved)).tolist())
+        if sums != sorted(out["checksum"]):  # leaf order differs as saved: compare as sets
+            raise CheckpointError(f"step {step} ({self.path(step)}) does not match its checksum")
+        params = saved["params"]
+        if set(_shapes(params)) != set(_shapes(target["params"])):
+            params = {"net": params}  # the earlier `ae` models were the network itself
+        compare_trees(_shapes(params), _shapes(target["params"]), f"step {step}")
+        by_path = dict(
+            (_path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        )
+        flat, treedef = jax.tree_util.tree_flatten_with_path(target["params"])
+        leaves = [jnp.asarray(by_path[_path_str(p)]) for p, _ in flat]
+        model = {
+            "params": jax.tree.unflatten(treedef, leaves),
+            "model_state": target["model_state"],
+        }
+        return model, out["meta"]
 
     def restore_or_init(self, init_fn, *, strict: bool = False):
         """`(state, meta, step)` from the newest readable step, else `(init_fn(), None, None)`.
@@ -169,6 +290,8 @@ class Checkpointer:
             try:
                 found = (*self.restore(step, abstract), step)
                 break
+            except ModelMismatchError:
+                raise  # a different model, not a damaged file: touch nothing
             except CheckpointError as e:
                 warnings.warn(f"skipping checkpoint: {e}", CorruptCheckpointWarning, stacklevel=2)
                 bad.append(step)
@@ -198,3 +321,63 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Restored(NamedTuple):
+    """A trained model restored from a run folder, in eval mode, with host arrays."""
+
+    model: Any  # the `jaxae.models.Model` with the checkpoint's weights (and model state)
+    spec: dict  # its description (`models.build`)
+    config: Any  # the run's `jaxae.config` ConfigDict
+    step: int
+    meta: dict  # the checkpoint's metadata (config, model, data: num_examples, files, ...)
+
+
+def restore_params(run_dir, step: int | None = None) -> Restored:
+    """The model of a run folder (``<run>/checkpoints``) at its newest readable step.
+
+    Reads only the parameters and model state, so how the run was trained (optimizer,
+    schedule, parameter groups) does not matter. A step that cannot be read is skipped with a
+    `CorruptCheckpointWarning` naming it; a checkpoint whose tree differs from the model its
+    description builds raises `ModelMismatchError`.
+    """
+    from flax import nnx
+
+    from jaxae import config as jconfig
+    from jaxae import models
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir} does not exist: is {run_dir} a training run folder?")
+    with Checkpointer(ckpt_dir, save_every=1) as ckpt:
+        steps = ckpt.all_steps()[::-1] if step is None else [step]
+        if not steps:
+            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+        errors = []
+        for s in steps:
+            try:
+                meta = ckpt.read_meta(s)
+                if "model" not in meta:
+                    raise CheckpointError(f"step {s} has no model description in its meta")
+                config = jconfig.from_dict(meta["config"])
+                model = models.build(meta["model"])
+                graphdef, params, state = nnx.split(model, nnx.Param, ...)
+                template = jax.tree.map(jnp.asarray, {"params": params, "model_state": state})
+                item, _ = ckpt.restore_model(s, template)
+            except ModelMismatchError:
+                raise
+            except (CheckpointError, KeyError, ValueError) as e:
+                errors.append(f"step {s}: {e}")
+                continue
+            if errors:
+                warnings.warn(
+                    f"{run_dir}: using step {s}; newer steps could not be read: "
+                    + "; ".join(errors),
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+            item = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), item)
+            model = nnx.merge(graphdef, item["params"], item["model_state"])
+            model.eval()
+            return Restored(model, dict(meta["model"]), config, s, meta)
+    raise CheckpointError(f"no checkpoint of {run_dir} could be restored: " + "; ".join(errors))

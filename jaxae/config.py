@@ -1,91 +1,169 @@
-"""Frozen, hashable run configuration, validated on construction.
+"""Run configuration: nested `ml_collections.ConfigDict` sections, as in the flax examples.
 
-Sizes live here so they are static to `jax.jit` (a Python int passed as a traced argument
-forces retracing; see STYLE.md). Every out-of-range value raises a ValueError naming the field.
+Sections: ``data`` (which images and how they are preprocessed), ``model`` (the description
+`jaxae.models.build` takes, less the image shape), ``optimizer`` and ``training`` (batch, budget,
+checkpoints). `default()` gives every field; experiment files under `experiments/configs/`
+override some (``get_config()``), and the command line overrides any (``--config.x.y=...``).
+`validate` raises a ValueError naming the first bad field. Checkpoints save ``to_dict()``;
+resuming compares every field but the budget and loop settings in `RESUMABLE`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-MODELS = ("mlp", "conv", "cnn")
+import ml_collections
+
+from jaxae import heads, nets
+
 SCALES = ("unit", "centered")
+OPTIMIZERS = ("adam",)
+# Settings that may change between a run and its resumption: they set the budget and the loop,
+# not the trajectory. Any other difference refuses to resume.
+RESUMABLE = (
+    "training.epochs",
+    "training.max_steps",
+    "training.steps_per_call",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run.
+def default() -> ml_collections.ConfigDict:
+    """Every field with its default: the 784-32-784 MLP autoencoder on Fashion-MNIST."""
+    c = ml_collections.ConfigDict()
+    c.data = dict(
+        dataset="fashion_mnist",  # a name known to `jaxae.data`
+        scale="unit",  # pixels in [0, 1] ('unit') or [-0.5, 0.5] ('centered')
+        dequantize=False,  # (x + u) / 256 with u ~ U[0, 1), as for likelihood models
+        pad_to_32=False,  # zero-pad 28 x 28 images to 32 x 32
+        val_size=0,  # training images held out (seeded) for validation
+    )
+    c.model = dict(
+        kind="ae",  # `jaxae.models.KINDS`
+        arch="mlp",  # `jaxae.nets.ARCHS`
+        head="mse",  # `jaxae.heads.HEADS`; 'mse' is the plain autoencoder
+        k=1,  # mixture components of the head
+        latent_dim=32,
+    )
+    c.optimizer = dict(
+        name="adam",
+        learning_rate=1e-3,
+        decay_epochs=(),  # epochs at which the rate is multiplied by decay_factor
+        decay_factor=0.1,
+    )
+    c.training = dict(
+        batch_size=128,  # global, split over all devices
+        epochs=5,  # the last incomplete batch of each epoch is dropped
+        seed=0,  # parameters, per-step keys and the data order
+        steps_per_call=0,  # steps in one jitted lax.scan; 0: a whole epoch
+        checkpoint_every=0,  # steps; 0: at the end of every epoch
+        keep_checkpoints=3,
+        max_steps=0,  # stop after this global step (0: all epochs); resuming continues
+    )
+    return c
 
-    Attributes:
-      dataset: a name known to `jaxae.data` (fashion_mnist, mnist, omniglot).
-      model: 'mlp' (784-latent-784, ReLU code, linear output), 'conv' (small conv AE), or
-        'cnn' (the VPAE paper's CNN, matrix heads only).
-      head: the likelihood head (`jaxae.heads.HEADS`); 'mse' is the plain autoencoder.
-      mixture_k: number of mixture components of the head.
-      latent_dim: size of the code.
-      batch_size: global batch size, split over all devices.
-      epochs: passes over the training set (the last incomplete batch of each is dropped).
-      learning_rate: Adam step size.
-      seed: seeds parameters, per-step keys and the data order.
-      scale: pixels in [0,1] ('unit') or [-0.5,0.5] ('centered').
-      dequantize: add uniform noise, (x + u) / 256, as for likelihood models.
-      pad_to_32: zero-pad 28x28 images to 32x32.
-      val_size: training images held out for validation.
-      steps_per_call: steps run inside one jitted `lax.scan`; 0 means one whole epoch.
-      checkpoint_every: save every this many steps; 0 means at the end of every epoch.
-      keep_checkpoints: how many recent checkpoints to keep.
-      max_steps: stop after this global step (0: train all epochs). Resuming continues.
-    """
 
-    dataset: str = "fashion_mnist"
-    model: str = "mlp"
-    head: str = "mse"
-    mixture_k: int = 1
-    latent_dim: int = 32
-    batch_size: int = 128
-    epochs: int = 5
-    learning_rate: float = 1e-3
-    seed: int = 0
-    scale: str = "unit"
-    dequantize: bool = False
-    pad_to_32: bool = False
-    val_size: int = 0
-    steps_per_call: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    max_steps: int = 0
+def make(**sections) -> ml_collections.ConfigDict:
+    """`default()` with some fields replaced, validated: ``make(training=dict(epochs=2))``."""
+    config = default()
+    for name, fields in sections.items():
+        if name not in config:
+            raise ValueError(f"unknown config section {name!r}: expected one of {list(config)}")
+        for key, value in fields.items():
+            if key not in config[name]:
+                raise ValueError(f"unknown config field {name}.{key}: see jaxae.config.default()")
+            config[name][key] = value
+    return validate(config)
 
-    def __post_init__(self):
-        def bad(field, why):
-            raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {why}")
 
-        if self.model not in MODELS:
-            bad("model", f"must be one of {MODELS}")
-        if self.scale not in SCALES:
-            bad("scale", f"must be one of {SCALES}")
-        for field in ("latent_dim", "batch_size", "epochs", "keep_checkpoints", "mixture_k"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(field, "must be a positive integer")
-        for field in ("seed", "val_size", "steps_per_call", "checkpoint_every", "max_steps"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                bad(field, "must be a non-negative integer")
-        lr = self.learning_rate
-        if not isinstance(lr, int | float) or not lr > 0 or lr != lr or lr == float("inf"):
-            bad("learning_rate", "must be a finite number > 0")
+def flatten(config) -> dict[str, Any]:
+    """{'training.batch_size': 128, ...} from a ConfigDict or its ``to_dict()``."""
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    return {f"{s}.{k}": v for s, fields in d.items() for k, v in fields.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+def validate(config) -> ml_collections.ConfigDict:
+    """The config itself, or a ValueError naming the first field out of range."""
+    flat = flatten(config)
+    known = flatten(default())
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}: see jaxae.config.default()")
+
+    def bad(field, why):
+        raise ValueError(f"config {field}={flat[field]!r}: {why}")
+
+    from jaxae import models  # models imports nothing of this module
+
+    for field, choices in (
+        ("data.scale", SCALES),
+        ("model.kind", tuple(models.KINDS)),
+        ("model.arch", tuple(nets.ARCHS)),
+        ("model.head", heads.HEADS),
+        ("optimizer.name", OPTIMIZERS),
+    ):
+        if flat[field] not in choices:
+            bad(field, f"must be one of {', '.join(choices)}")
+    positive = ("model.k", "model.latent_dim", "training.batch_size", "training.epochs")
+    for field in (*positive, "training.keep_checkpoints"):
+        if not _is_int(flat[field]) or flat[field] < 1:
+            bad(field, "must be a positive integer")
+    for field in ("data.val_size", "training.seed", "training.steps_per_call"):
+        if not _is_int(flat[field]) or flat[field] < 0:
+            bad(field, "must be a non-negative integer")
+    for field in ("training.checkpoint_every", "training.max_steps"):
+        if not _is_int(flat[field]) or flat[field] < 0:
+            bad(field, "must be a non-negative integer")
+    for field in ("optimizer.learning_rate", "optimizer.decay_factor"):
+        v = flat[field]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):
+            bad(field, "must be a finite number > 0")
+    if not all(_is_int(e) and e > 0 for e in flat["optimizer.decay_epochs"]):
+        bad("optimizer.decay_epochs", "must be positive integers")
+    return config
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The flat `TrainConfig` fields that checkpoints written before these sections saved.
+_LEGACY = {
+    "dataset": "data.dataset",
+    "scale": "data.scale",
+    "dequantize": "data.dequantize",
+    "pad_to_32": "data.pad_to_32",
+    "val_size": "data.val_size",
+    "model": "model.arch",
+    "head": "model.head",
+    "mixture_k": "model.k",
+    "latent_dim": "model.latent_dim",
+    "learning_rate": "optimizer.learning_rate",
+    **{k: f"training.{k}" for k in ("batch_size", "epochs", "seed", "steps_per_call")},
+    **{k: f"training.{k}" for k in ("checkpoint_every", "keep_checkpoints", "max_steps")},
+}
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+    """A config from ``to_dict()`` as saved in a checkpoint, or from an earlier flat one."""
+    config = default()
+    if "training" not in d:  # the flat TrainConfig of earlier releases
+        unknown = sorted(set(d) - set(_LEGACY))
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
+            raise ValueError(f"unknown config fields {unknown} in a saved flat config")
+        d = _legacy_sections(d)
+    for section, fields in d.items():
+        for key, value in fields.items():
+            config[section][key] = tuple(value) if isinstance(value, list) else value
+    return validate(config)
 
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+
+def _legacy_sections(flat: dict) -> dict:
+    out: dict[str, dict] = {}
+    for old, value in flat.items():
+        section, key = _LEGACY[old].split(".")
+        out.setdefault(section, {})[key] = value
+    head = flat.get("head", "mse")
+    out.setdefault("model", {})["kind"] = head if head in ("maf", "vae") else "ae"
+    return out

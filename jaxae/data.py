@@ -16,8 +16,9 @@ uniform dequantization ``(x + u) / 256``, ``u ~ U[0, 1)`` (Theis et al. 2016, Se
 et al. 2017 "Real NVP", Sec. 4.1); zero padding of 28x28 images to 32x32; a seeded held-out
 validation split of the training set.
 
-Where the files are is resolved by ``load_raw``: ``data_dir`` or ``$JAXAE_DATA_DIR``, then known
-local folders (``known_dirs``), then tensorflow-datasets (off with ``JAXAE_NO_TFDS=1``).
+Where the files are is resolved by ``load_raw``: ``data_dir`` or ``$JAXAE_DATA_DIR`` if given (and
+then nowhere else), otherwise known local folders (``known_dirs``), then tensorflow-datasets (off
+with ``JAXAE_NO_TFDS=1``). Every ``Split`` and ``Dataset`` records where it came from in ``files``.
 Everything here is NumPy on the host, except ``Preprocess``, which runs inside jitted steps.
 """
 
@@ -62,6 +63,9 @@ class DatasetNotFoundError(FileNotFoundError):
 class Split(NamedTuple):
     images: np.ndarray  # [N, H, W, C] uint8 (float32 in [0, 1] only for user data)
     labels: np.ndarray  # [N] int32
+    # Where the arrays came from, so that a run can record it: the absolute paths of the files
+    # read, or ("tensorflow-datasets:<name>/<split>",); () for arrays handed in by the user.
+    files: tuple[str, ...] = ()
 
 
 class Dataset(NamedTuple):
@@ -69,6 +73,12 @@ class Dataset(NamedTuple):
     train: Split
     val: Split | None  # None when val_size == 0
     test: Split
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file read for this data set (train, then test), without repeats."""
+        splits = (self.train, self.val, self.test)
+        return tuple(dict.fromkeys(f for s in splits if s is not None for f in s.files))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,14 +241,19 @@ def _files(name: str, split: str) -> tuple[str, ...]:
     return (_OMNIGLOT_ZIPS[split],) if name == "omniglot" else _IDX_FILES[split]
 
 
-def _read_dir(name: str, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_dir(name: str, split: str, folder: Path, where: str) -> Split:
+    """Reads one split from ``folder``, which holds all of ``_files(name, split)``."""
+    paths = [folder / f for f in _files(name, split)]
     if name == "omniglot":
-        return read_omniglot_zip(folder / _OMNIGLOT_ZIPS[split])
-    images_file, labels_file = _IDX_FILES[split]
-    return read_idx(folder / images_file, 3), read_idx(folder / labels_file, 1)
+        arrays = read_omniglot_zip(paths[0])
+    else:
+        arrays = read_idx(paths[0], 3), read_idx(paths[1], 1)
+    # abspath, not resolve: record the path that was opened, even when it is a symlink.
+    return from_arrays(*arrays, name=where)._replace(files=tuple(os.path.abspath(p) for p in paths))
 
 
-def _read_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_tfds(name: str, split: str, where: str) -> Split:
+    """Reads one split through tensorflow-datasets; ``files`` names the tfds data set."""
     import tensorflow_datasets as tfds  # optional, and slow to import
 
     tfds_split = _OMNIGLOT_TFDS_SPLITS[split] if name == "omniglot" else split
@@ -247,26 +262,72 @@ def _read_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "omniglot":  # RGB 105x105 black-on-white; labels renumbered 0..C-1 in order
         images = np.stack([_omniglot_28(Image.fromarray(im)) for im in images])
         labels = np.unique(labels, return_inverse=True)[1]
-    return images, labels
+    source = f"tensorflow-datasets:{name}/{tfds_split}"
+    return from_arrays(images, labels, name=where)._replace(files=(source,))
+
+
+def _good_folder(name: str) -> str:
+    files = sorted({f for split in SPLITS for f in _files(name, split)})
+    folders = " or ".join(f"'{f}/'" for f in _FOLDERS[name])
+    return f"a folder holding {', '.join(files)} (directly or in a sub-folder {folders})"
 
 
 def _fix_hint(name: str) -> str:
-    files = sorted({f for split in SPLITS for f in _files(name, split)})
-    folders = " or ".join(f"'{f}/'" for f in _FOLDERS[name])
-    hint = (
-        f"set JAXAE_DATA_DIR (or pass data_dir=) to a folder holding {', '.join(files)} "
-        f"(directly or in a sub-folder {folders})"
-    )
+    hint = f"set JAXAE_DATA_DIR (or pass data_dir=) to {_good_folder(name)}"
     if name == "fashion_mnist":
         hint = f"sudo apt-get install dataset-fashion-mnist, or {hint}"
     return hint
 
 
+def _load_from_user_dir(name: str, split: str, user_dir, source: str) -> Split:
+    """Loads from the folder the user named, or raises; never looks anywhere else.
+
+    An explicit folder that is wrong (a typo, an unmounted disk) must not quietly give data from
+    another place, which may be another version of the data set.
+
+    Args:
+      name: one of ``DATASETS``.
+      split: 'train' or 'test'.
+      user_dir: the folder, as given.
+      source: where ``user_dir`` came from, for the message: the argument or the env var.
+
+    Returns:
+      Split read from ``user_dir`` or its sub-folder for the data set (``_FOLDERS``).
+
+    Raises:
+      DatasetNotFoundError: naming the folder and its source; when the folder exists, listing
+        the files looked for in it and in its sub-folders.
+    """
+    base = Path(user_dir).expanduser()
+    shown = f"{user_dir}" if base.is_absolute() else f"{user_dir} (= {os.path.abspath(base)})"
+    head = f"data set {name!r} (split {split!r}) not found in {shown}, the folder given by {source}"
+    tail = (
+        "Other places are not searched when a folder is given. "
+        f"Fix: point {source} to {_good_folder(name)}, or leave it unset to search the usual "
+        "places"
+    )
+    if not base.is_dir():
+        why = "no such folder" if not base.exists() else "not a folder"
+        raise DatasetNotFoundError(f"{head}: {why}.\n{tail}")
+    tried = []
+    for folder in [base, *(base / f for f in _FOLDERS[name])]:
+        missing = [f for f in _files(name, split) if not (folder / f).is_file()]
+        if not missing:
+            return _read_dir(name, split, folder, f"{name}/{split}")
+        why = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
+        tried.append(f"  - {folder}: {why}")
+    looked_for = ", ".join(_files(name, split))
+    raise DatasetNotFoundError(
+        f"{head}. Looked for {looked_for} in:\n" + "\n".join(tried) + f"\n{tail}"
+    )
+
+
 def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = None) -> Split:
     """Loads one split of a named data set, unprocessed.
 
-    Tries, in order: ``data_dir`` (else ``$JAXAE_DATA_DIR``) and its sub-folder for the data
-    set; the folders of ``known_dirs(name)``; tensorflow-datasets.
+    With ``data_dir`` (else ``$JAXAE_DATA_DIR``, when set and not empty), looks only there and in
+    its sub-folder for the data set, and raises if the files are not there. Otherwise tries, in
+    order, the folders of ``known_dirs(name)`` and tensorflow-datasets.
 
     Args:
       name: one of ``DATASETS``.
@@ -276,30 +337,31 @@ def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = 
         ``JAXAE_NO_TFDS`` is set (to anything but '' or '0').
 
     Returns:
-      Split with images [N, 28, 28, 1] uint8 and labels [N] int32.
+      Split with images [N, 28, 28, 1] uint8, labels [N] int32, and ``files``: the absolute
+      paths of the files read, or ``("tensorflow-datasets:<name>/<split>",)``.
 
     Raises:
-      DatasetNotFoundError: listing every place tried, why it failed, and the fix.
+      DatasetNotFoundError: for a given folder, naming it, where it came from and the files
+        looked for; else listing every place tried, why it failed, and the fix.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     where = f"{name}/{split}"
+    if data_dir is not None:
+        return _load_from_user_dir(name, split, data_dir, "the data_dir argument")
+    if os.environ.get("JAXAE_DATA_DIR"):
+        env_dir = os.environ["JAXAE_DATA_DIR"]
+        return _load_from_user_dir(name, split, env_dir, "the JAXAE_DATA_DIR environment variable")
+
     tried = []
-    user_dir = data_dir if data_dir is not None else os.environ.get("JAXAE_DATA_DIR") or None
-    candidates = []
-    if user_dir is not None:
-        source = "data_dir" if data_dir is not None else "$JAXAE_DATA_DIR"
-        base = Path(user_dir).expanduser()
-        candidates += [(source, d) for d in [base, *(base / f for f in _FOLDERS[name])]]
-    candidates += [("known place", d) for d in known_dirs(name)]
-    for source, folder in candidates:
+    for folder in known_dirs(name):
         missing = [f for f in _files(name, split) if not (folder / f).is_file()]
         if not missing:
-            return from_arrays(*_read_dir(name, split, folder), name=where)
+            return _read_dir(name, split, folder, where)
         why = "no such folder" if not folder.is_dir() else f"missing {', '.join(missing)}"
-        tried.append(f"{source} {folder}: {why}")
+        tried.append(f"known place {folder}: {why}")
 
     if allow_tfds is None:
         allow_tfds = os.environ.get("JAXAE_NO_TFDS", "") in ("", "0")
@@ -312,7 +374,7 @@ def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = 
             file=sys.stderr,
         )
         try:
-            return from_arrays(*_read_tfds(name, split), name=where)
+            return _read_tfds(name, split, where)
         except Exception as e:  # no tensorflow, no network, ...: report it with the rest
             tried.append(f"tensorflow-datasets: {type(e).__name__}: {e}")
     places = "\n".join(f"  - {t}" for t in tried)
@@ -401,7 +463,11 @@ def _split_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split | N
     perm = np.random.default_rng(seed).permutation(n)
     # Sorted so that both parts keep the original order of the training set.
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
-    return Split(*(a[train_idx] for a in train)), Split(*(a[val_idx] for a in train))
+
+    def part(idx):  # both parts keep the files the training set was read from
+        return Split(train.images[idx], train.labels[idx], train.files)
+
+    return part(train_idx), part(val_idx)
 
 
 def load(
@@ -418,7 +484,8 @@ def load(
 
     Args:
       name: 'fashion_mnist', 'mnist' or 'omniglot'.
-      data_dir: where the files are; see ``load_raw`` for the search order.
+      data_dir: where the files are; see ``load_raw`` for the search order. A folder given here
+        (or in ``$JAXAE_DATA_DIR``) must hold the files: no other place is tried.
       val_size: number of training images held out as the validation split, chosen by a NumPy
         permutation seeded with ``seed``; 0 for none.
       pad_to_32: zero-pad the 28x28 images to 32x32.
@@ -428,7 +495,9 @@ def load(
 
     Returns:
       Dataset(name, train, val, test); each Split has images [N, H, W, 1] uint8 (H = W = 28, or
-      32 when padded) and labels [N] int32; val is None when val_size is 0.
+      32 when padded), labels [N] int32 and the ``files`` it was read from (val: those of
+      train); val is None when val_size is 0. ``Dataset.files`` lists all of them, to record
+      in the run.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -441,6 +510,6 @@ def load(
         images = split.images
         if transform is not None:
             images = np.ascontiguousarray({"hflip": hflip, "vflip": vflip}[transform](images))
-        return Split(pad32(images) if pad_to_32 else images, split.labels)
+        return split._replace(images=pad32(images) if pad_to_32 else images)
 
     return Dataset(name, finish(train), finish(val), finish(test))

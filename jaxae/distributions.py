@@ -899,3 +899,44 @@ class MatrixVariateT(_MatrixT):
         """Var(X_ij) = Sigma_ii Omega_jj / (df - 2) for df > 2; inf for 1 < df <= 2; nan for
         df <= 1. [*batch, n, p]."""
         return _t_moment_scale(self.df, self._kron_diag() / self.df[..., None, None], 2)
+
+
+class SquaredError(distrax.Distribution):
+    """The plain autoencoder's objective in the shape of a likelihood: a point mass at `loc`
+    whose ``log_prob(x) = -mean_i (loc_i - x_i)^2`` (minus the per-pixel mean squared error).
+
+    It is a Gaussian log-density up to a scale and a constant, not a normalised density, so it
+    says so (`is_density = False`) and names its loss term ``'mse'`` (`term`): evaluation reports
+    no NLL for it. Batch ``[B]``, event ``[D]``.
+    """
+
+    is_density = False
+    term = "mse"
+
+    def __init__(self, loc):
+        super().__init__()
+        self._loc = jnp.asarray(loc)
+
+    @property
+    def event_shape(self) -> tuple:
+        return self._loc.shape[-1:]
+
+    @property
+    def batch_shape(self) -> tuple:
+        return self._loc.shape[:-1]
+
+    def log_prob(self, value):
+        return -jnp.mean(jnp.square(self._loc - value), axis=-1)
+
+    def _sample_n(self, key, n):
+        del key
+        return jnp.broadcast_to(self._loc, (n, *self._loc.shape))
+
+    def mean(self):
+        return self._loc
+
+    def mode(self):
+        return self._loc
+
+    def variance(self):
+        return jnp.full_like(self._loc, jnp.nan)

@@ -37,13 +37,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from jaxae import checkpoint, inception, metrics, objectives, parallel
 from jaxae import data as jdata
-from jaxae import inception, metrics, models, objectives, parallel, train
-from jaxae.checkpoint import Checkpointer, CheckpointError
-from jaxae.config import TrainConfig
 
 STANDARD_COUNT = 10_000
 QUICK_COUNT = 1_000
@@ -133,131 +130,69 @@ def distribution_metrics(feats: np.ndarray, ref: np.ndarray, *, quick: bool) -> 
     }
 
 
-# --- restoring a run ----------------------------------------------------------------------------
+# --- what a restored model can do ---------------------------------------------------------
 
-
-class Restored(NamedTuple):
-    config: TrainConfig
-    spec: dict  # the model description (`models.build`)
-    model: nnx.Module  # with the checkpoint's weights
-    step: int
-    state: dict  # the whole train state (params, optimizer state, step, key), host arrays
-    meta: dict  # the checkpoint's metadata (config, model, data: num_examples, ...)
-
-
-def _infer_specs(config: TrainConfig, image_shape) -> list[dict]:
-    """Candidate descriptions, for checkpoints written before `fit` saved the model's."""
-    shape = list(image_shape)
-    vpae = {"kind": "vpae", "head": config.head, "k": config.mixture_k, "arch": config.model}
-    if config.head != "mse" or config.model == "cnn":
-        return [{**vpae, "image_shape": shape}]
-    ae = {"kind": "ae", "arch": config.model, "latent_dim": config.latent_dim}
-    return [{**ae, "image_shape": shape}, {**vpae, "image_shape": shape}]  # or a VPAE's mse
-
-
-def restore(run_dir) -> Restored:
-    """The model of a run folder (``<run>/checkpoints``) at its newest readable step."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"{ckpt_dir} does not exist: is {run_dir} a training run folder?")
-    with Checkpointer(ckpt_dir, save_every=1) as ckpt:
-        steps = ckpt.all_steps()[::-1]
-        if not steps:
-            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-        errors = []
-        for step in steps:
-            try:
-                meta = ckpt.read_meta(step)
-                config = TrainConfig.from_dict(meta["config"])
-                shape = (32, 32, 1) if config.pad_to_32 else (28, 28, 1)
-                candidates = [meta["model"]] if "model" in meta else _infer_specs(config, shape)
-                for spec in candidates:
-                    model = models.build(spec)
-                    graphdef, params = nnx.split(model, nnx.Param)
-                    template = train.init_state(params, optax.adam(config.learning_rate), 0)
-                    template = jax.tree.map(jnp.asarray, template)
-                    try:
-                        state, _ = ckpt.restore(step, template)
-                    except CheckpointError as e:
-                        errors.append(f"step {step} as {spec['kind']}: {e}")
-                        continue
-                    state = parallel.to_host(state)
-                    model = nnx.merge(graphdef, state["params"])
-                    return Restored(config, spec, model, step, state, meta)
-            except (CheckpointError, KeyError, ValueError) as e:
-                errors.append(f"step {step}: {e}")
-        raise CheckpointError(f"no checkpoint of {run_dir} could be restored: " + "; ".join(errors))
-
-
-# --- what each kind of model can do ---------------------------------------------------------
+restore = checkpoint.restore_params  # the model of a run folder, however it was trained
 
 
 class Functions(NamedTuple):
     """Jitted functions of a restored model on images in [0, 1] (uint8 is divided by 255)."""
 
     reconstruct: callable  # x [B, H, W, C] -> recon in [0, 1]
-    nll: callable | None  # x -> nats per image [B] (the VAE: negative ELBO)
-    encode: callable | None  # x -> codes [B, d]
+    nll: callable | None  # x -> nats per image [B] (the VAE: negative ELBO); None: no density
+    encode: callable | None  # x -> codes [B, d]; None: the code is not a vector (the VPAE CNN)
     decode: callable | None  # z [B, d] -> images in [0, 1]
     latent_dim: int | None
 
 
-def functions(restored: Restored) -> Functions:
-    """The evaluation functions of a restored model, by kind."""
-    model, spec, config = restored.model, restored.spec, restored.config
-    offset = 0.5 if config.scale == "centered" else 0.0  # model inputs are x - offset
+def functions(restored: checkpoint.Restored) -> Functions:
+    """The evaluation functions of any restored model, from the model interface alone."""
+    model, config = restored.model, restored.config
+    offset = 0.5 if config.data.scale == "centered" else 0.0  # model inputs are x - offset
     key = jax.random.PRNGKey(0)
-    if spec["kind"] == "ae":
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    log_prob = objectives.log_prob_fn(graphdef)
 
-        def reconstruct(x):
-            return jnp.clip(model(x - offset).recon + offset, 0.0, 1.0)
+    def decode(z):
+        return jnp.clip(model.point(model.decode(z), key)[0] + offset, 0.0, 1.0)
 
-        def decode(z):
-            return jnp.clip(model.decode(z) + offset, 0.0, 1.0)
+    def encode(x):
+        return model.encode(x - offset)
 
-        return Functions(
-            jax.jit(reconstruct),
-            None,
-            jax.jit(lambda x: model.encode(x - offset)),
-            jax.jit(decode),
-            spec["latent_dim"],
-        )
-
-    graphdef, params = nnx.split(model, nnx.Param)
-    loss_fn = objectives.vpae_nll(graphdef)
+    x0 = jnp.zeros((1, *model.image_shape), jnp.float32)
+    code = jax.eval_shape(encode, x0)
+    probe = model.likelihood(model.decode(encode(x0)))
     nll = None
-    if spec["head"] != "mse":
-        nll = jax.jit(lambda x: loss_fn(params, {"image": x}, key)["loss"])
-    has_code = spec["arch"] == "mlp"
+    if getattr(probe, "is_density", True):
+        nll = jax.jit(lambda x: -log_prob(params, state, {"image": x - offset})["log_prob"])
+    has_code = code.ndim == 2
     return Functions(
-        jax.jit(lambda x: model.reconstruct(x, key)[0]),
+        jax.jit(lambda x: decode(encode(x))),
         nll,
-        jax.jit(model.code) if has_code else None,
-        jax.jit(lambda z: model.decode_code(z, key)[0]) if has_code else None,
-        models.CODE if has_code else None,
+        jax.jit(encode) if has_code else None,
+        jax.jit(decode) if has_code else None,
+        code.shape[1] if has_code else None,
     )
 
 
-def _batched(fn, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    """fn over x in batches (the last one padded, so fn compiles once)."""
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(fn(chunk))[: batch - pad])
-    return np.concatenate(out)
+def _batched(fn, x: np.ndarray, batch: int = 500, mesh=None) -> np.ndarray:
+    """fn over x in batches (`parallel.map_batches`: the last one padded, one compilation)."""
+    mesh = mesh or parallel.data_mesh()
+    step = parallel.data_parallel(fn, mesh, batch_argnums=(0,), donate_argnums=())
+    batch = math.ceil(min(batch, len(x)) / mesh.devices.size) * mesh.devices.size
+    return parallel.map_batches(step, x, batch, mesh=mesh)
 
 
 def _unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
 
 
-def samplers(fns: Functions, train_images: np.ndarray) -> dict:
+def samplers(fns: Functions, train_images, pad_to_32: bool = False) -> dict:
     """name -> (key, n) -> codes [n, d], for the latent-code samplers the model supports."""
-    if fns.decode is None:
+    if fns.decode is None or train_images is None:
         return {}
+    if pad_to_32:
+        train_images = jdata.pad32(train_images)
     codes = _batched(fns.encode, _unit(train_images)).astype(np.float64)
     mean, cov = codes.mean(0), np.cov(codes, rowvar=False)
     chol = np.linalg.cholesky(cov + 1e-6 * np.eye(len(mean)) * max(np.trace(cov) / len(mean), 1))
@@ -286,58 +221,52 @@ def evaluate_run(
     progress: bool = True,
     out=None,
     only_samplers=None,
+    fid: bool = True,
 ) -> dict:
     """Restore a run, measure it (see the module docstring), write JSON and markdown.
 
     `only_samplers`: names of the samplers to score (default: every one the model supports).
+    `fid=False`: reconstruction error and likelihood only (no Inception features, no samples).
     """
     t0 = time.perf_counter()
     restored = restore(run_dir)
-    config = restored.config
+    dc = restored.config.data
     if not quick and num_samples != STANDARD_COUNT:
         raise ValueError(
             f"the protocol uses {STANDARD_COUNT} samples; pass --quick to use {num_samples}"
         )
     mesh = parallel.data_mesh()
-    ds = jdata.load(config.dataset, data_dir=data_dir, pad_to_32=config.pad_to_32)
     test = reference_images(
-        config.dataset, "test", num_samples, pad_to_32=config.pad_to_32, data_dir=data_dir
+        dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir
     )  # the images the reference features are of
-    ref = reference_features(
-        config.dataset,
-        "test",
-        num_samples,
-        pad_to_32=config.pad_to_32,
-        data_dir=data_dir,
-        weights=weights,
-        mesh=mesh,
-        progress=progress,
-    )
 
     def embed(images):
         return inception.features(images, weights=weights, mesh=mesh, progress=progress)
 
     fns = functions(restored)
     x = _unit(test)
-    recon = _batched(fns.reconstruct, x)
+    recon = _batched(fns.reconstruct, x, mesh=mesh)
     mse = float(np.mean((recon - x) ** 2))
     result = {
         "run": str(run_dir),
         "step": restored.step,
         "model": restored.spec,
-        "dataset": config.dataset,
+        "dataset": dc.dataset,
         "protocol": metrics.protocol_note(num_samples, num_samples, quick),
         "num_samples": num_samples,
         "quick": quick,
-        "weights_sha256": inception.weights_sha256(inception.weights_path(weights)),
-        "reconstruction": {
-            "mse": mse,
-            "psnr_db": metrics.psnr(mse),
-            **distribution_metrics(embed(recon), ref, quick=quick),
-        },
+        "reconstruction": {"mse": mse, "psnr_db": metrics.psnr(mse)},
+        "samples": {},
     }
+    if fid:
+        ref = reference_features(
+            dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir,
+            weights=weights, mesh=mesh, progress=progress,
+        )  # fmt: skip
+        result["weights_sha256"] = inception.weights_sha256(inception.weights_path(weights))
+        result["reconstruction"].update(distribution_metrics(embed(recon), ref, quick=quick))
     if fns.nll is not None:
-        nats = float(np.mean(_batched(fns.nll, x)))
+        nats = float(np.mean(_batched(fns.nll, x, mesh=mesh)))
         dims = math.prod(x.shape[1:])
         result["likelihood"] = {
             "nats_per_image": nats,
@@ -346,12 +275,12 @@ def evaluate_run(
             "dequantized): bits per dimension in those units, not a bound on a discrete "
             "likelihood (metrics.bits_per_dim)",
         }
-    result["samples"] = {}
-    for i, (name, draw) in enumerate(samplers(fns, ds.train.images).items()):
+    train_images = jdata.load_raw(dc.dataset, "train", data_dir).images if fid else None
+    for i, (name, draw) in enumerate(samplers(fns, train_images, dc.pad_to_32).items()):
         if only_samplers is not None and name not in only_samplers:
             continue
         codes = draw(jax.random.PRNGKey(seed * 1000 + i), num_samples)
-        images = _batched(fns.decode, codes)
+        images = _batched(fns.decode, codes, mesh=mesh)
         result["samples"][name] = distribution_metrics(embed(images), ref, quick=quick)
     result["seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -371,7 +300,9 @@ def markdown(result: dict) -> str:
         "| images | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
-    rows = [("reconstructions", result["reconstruction"])]
+    rows = (
+        [("reconstructions", result["reconstruction"])] if "fid" in result["reconstruction"] else []
+    )
     rows += [(f"samples: {k}", v) for k, v in result["samples"].items()]
     for name, r in rows:
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
@@ -392,12 +323,20 @@ def main(argv=None) -> dict:
     p.add_argument("--run", required=True, help="run folder (holds checkpoints/)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} samples, marked as such")
     p.add_argument("--samples", type=int, default=None, help="with --quick: how many")
+    p.add_argument(
+        "--no-fid", action="store_true",
+        help="reconstruction error and likelihood only: no Inception features, no samples",
+    )  # fmt: skip
     p.add_argument("--data-dir", default=None)
     p.add_argument("--weights", default=None, help="Inception npz (else $JAXAE_INCEPTION_WEIGHTS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: <run>/eval")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.samples is not None and not args.quick:
+        p.error(f"--samples needs --quick: the standard protocol uses {STANDARD_COUNT} samples")
+    if args.samples is not None and args.samples < 2:
+        p.error(f"--samples must be at least 2, got {args.samples}")
     if "JAX_NUM_CPU_DEVICES" not in os.environ:  # Inception on CPU: one device per core, 1.18x
         jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
     n = args.samples or (QUICK_COUNT if args.quick else STANDARD_COUNT)
@@ -410,6 +349,7 @@ def main(argv=None) -> dict:
         seed=args.seed,
         progress=not args.no_progress,
         out=args.out,
+        fid=not args.no_fid,
     )
     print(markdown(result))
     return result

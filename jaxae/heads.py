@@ -6,7 +6,7 @@ log-likelihood. Heads are pure functions chosen by name from `HEADS`:
 
 | name | distribution (per component) | P per component |
 | --- | --- | --- |
-| mse | squared error (mean over pixels), no distribution | D |
+| mse | squared error (mean over pixels): `distributions.SquaredError`, not a density | D |
 | normal_identity / _diag / _full | N(mu, I), N(mu, diag(s^2)), N(mu, L L^T) | D, 2D, D + D(D+1)/2 |
 | t_identity / _diag / _full | multivariate t(df, mu, Sigma), Sigma as above | 1 + the normal's |
 | maf | MAF (one MADE layer, 10 ReLU units) on N(f(x), I) | D (+ the MADE's own weights) |
@@ -270,7 +270,9 @@ class Head:
             if self.family == "matrix_normal":
                 return jd.MatrixNormal(loc, **scales)
             return jd.MatrixStudentT(positive(blocks["df"][..., 0]), loc, **scales)
-        if self.family in ("normal", "vae", "mse", "maf"):
+        if self.name == "mse":
+            return jd.SquaredError(loc)
+        if self.family in ("normal", "vae", "maf"):
             if self.scale == "full":
                 return jd.MultivariateNormal(loc, fill_scale_tril(blocks["scale"], self.dim))
             if "scale" in blocks:
@@ -288,7 +290,7 @@ class Head:
     def distribution(self, raw) -> distrax.Distribution:
         """raw [B, P] -> distribution with batch [B] and event `event_shape`.
 
-        For `maf` this is the base N(raw, I); `jaxae.models` adds the flow.
+        For `maf` this is the base N(raw, I); `jaxae.models.MAFAutoencoder` adds the flow.
         """
         logits, blocks = self.split(raw)
         comp = self.component(blocks)

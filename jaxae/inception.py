@@ -643,28 +643,12 @@ def features(
     batch_size = math.ceil(min(batch_size, n) / n_dev) * n_dev
     parallel.check_batch_size(batch_size, mesh)
     params = parallel.replicate(_params(weights), mesh)
-    embed = _embed_fn(mesh)
-    out = np.empty((n, FEATURES), np.float32)
     lead = jax.process_index() == 0  # one bar on several hosts
     with tqdm(total=n, unit="img", desc="inception", disable=not (progress and lead)) as bar:
-        pending = None  # fetch batch i while batch i+1 runs
-        for start in range(0, n, batch_size):
-            batch = x[start : start + batch_size]
-            size = len(batch)
-            if size < batch_size:
-                batch = np.concatenate(
-                    [batch, np.zeros((batch_size - size, *x.shape[1:]), x.dtype)]
-                )
-            result = embed(params, parallel.shard_global_batch(batch, mesh))
-            if pending is not None:
-                out[pending[0] : pending[0] + pending[1]] = parallel.to_host(pending[2])[
-                    : pending[1]
-                ]
-                bar.update(pending[1])
-            pending = (start, size, result)
-        out[pending[0] : pending[0] + pending[1]] = parallel.to_host(pending[2])[: pending[1]]
-        bar.update(pending[1])
-    return out
+        out = parallel.map_batches(
+            _embed_fn(mesh), x, batch_size, args=(params,), mesh=mesh, progress=bar
+        )
+    return out.astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

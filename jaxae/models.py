@@ -1,171 +1,249 @@
-"""Vanilla Probabilistic Autoencoder models (Ciobanu 2021, Sec. 3.1-3.2).
+"""Autoencoder models behind one interface, rebuilt from a JSON description by `build`.
 
-Architectures, as in the paper and its code:
-- MLP: Dense(32, ReLU, Glorot-uniform) as the code, then one linear Dense(P) (Glorot-uniform)
-  that emits every head parameter: 25,120 + 33 P weights.
-- CNN (matrix heads only): Conv 320 3x3 'same' ReLU, max-pool 2, Conv(ceil(P/784)) 3x3 'same',
-  nearest upsampling x2, flatten, keep the first P values. There is no Dense layer, and the
-  "code" (14 x 14 x 320 = 62,720 values) is over-complete, larger than the 784-pixel image:
-  the paper does not say so, but it explains why this CNN reconstructs poorly.
-- `maf`: the MLP above emits the base mean; a MADE (784 -> 10 ReLU -> 2 x 784) adds 25,098.
-- `vae`: encoder Dense(64, ReLU) -> q(z|x) = N(first 32, diag(1e-6 + softplus(last 32))),
-  KL to N(0, I); decoder Dense(32 -> 2 x 784) -> a diagonal Normal: 101,984 weights.
+Every model is an `nnx.Module` with
+- ``encode(x) -> z``: the code of images x [B, H, W, C] (the VAE: its posterior mean);
+- ``decode(z) -> raw [B, P]``: the decoder's differentiable raw output;
+- ``likelihood(raw) -> distrax.Distribution`` over the image's event (`event(x)`);
+- ``latent(x, key) -> (z, {name: [B]})``: the code the training objective decodes and the
+  model's named per-example regularizer terms (the VAE: a posterior sample and its KL);
+- ``spec``: the JSON description that `build` rebuilds the model from.
+`jaxae.objectives` turns these into per-example loss terms; nothing outside this module asks
+which kind a model is. Point images, variances and mixture components derive from the
+interface (`point`, `reconstruct`, `decode_code`, `components`).
+
+Models of the Vanilla Probabilistic Autoencoder (Ciobanu 2021, Sec. 3.1-3.2):
+- `Autoencoder`: a network of `jaxae.nets.ARCHS` emitting the raw parameters of a likelihood
+  head (`jaxae.heads`). With the `mse` head it is the plain autoencoder; with any other head, a
+  VPAE. MLP: Dense(32, ReLU, Glorot) code, one linear Dense(P): 25,120 + 33 P weights.
+- `MAFAutoencoder`: the `maf` row: the MLP emits the mean of a base N(f(x), I) that a MADE
+  (784 -> 10 ReLU -> 2 x 784, 25,098 weights) turns into a masked autoregressive flow.
+- `VAE`: encoder Dense(2 x 32, ReLU) -> q(z|x) = N(first 32, diag(1e-6 + softplus(last 32))),
+  KL to N(0, I); decoder Dense(32 -> P) into a head (the paper's: `vae`, a diagonal Normal,
+  101,984 weights in all).
 """
 
 from __future__ import annotations
 
 import math
 
+import chex
 import distrax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxae import flows, nets
-from jaxae.heads import Head, positive
+from jaxae.heads import HEADS, Head, positive
 
-ARCHS = ("mlp", "cnn")
-CODE = 32  # the paper's hidden (code) size
 GLOROT = jax.nn.initializers.glorot_uniform()
 
 
-class CNNDecoder(nnx.Module):
-    """The paper's CNN: x [B, 28, 28, 1] -> raw [B, P] (Conv, max-pool, Conv, upsample)."""
+class Model(nnx.Module):
+    """The shared interface; subclasses define `encode`, `decode`, `spec` (and `latent`)."""
 
-    def __init__(self, image_shape, num_params: int, *, filters: int = 320, rngs):
-        h, w, c = image_shape
-        self.num_params = num_params
-        self.out_channels = math.ceil(num_params / (h * w))
-        self.conv1 = nets.Conv(c, filters, 3, rngs=rngs, init=GLOROT)
-        self.conv2 = nets.Conv(filters, self.out_channels, 3, rngs=rngs, init=GLOROT)
+    kind: str
+    head: Head
+    image_shape: tuple
 
     def encode(self, x):
-        """The over-complete code: [B, H/2, W/2, filters] flattened."""
-        # max-pool(ReLU(conv + b)) = ReLU(max-pool(conv) + b): both are monotone per channel
-        return jax.nn.relu(nets.conv_maxpool2(x, self.conv1.kernel[...]) + self.conv1.bias[...])
+        raise NotImplementedError
 
-    def __call__(self, x):
-        h = self.conv2(self.encode(x))
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest upsampling x2
-        return h.reshape(h.shape[0], -1)[:, : self.num_params]
-
-
-class VPAE(nnx.Module):
-    """Encoder-decoder emitting the raw parameters of `head`; `__call__(x, key) -> raw [B, P]`."""
-
-    def __init__(self, head: Head, arch: str = "mlp", *, seed: int = 0):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}: choose one of {ARCHS}")
-        if arch == "cnn" and not head.is_matrix:
-            raise ValueError(f"head {head.name!r}: the CNN architecture is for matrix heads only")
-        rngs = nnx.Rngs(params=seed)
-        self.head, self.arch = head, arch
-        d = head.dim
-        if head.name == "vae":
-            self.encoder = nnx.Linear(d, 2 * CODE, kernel_init=GLOROT, rngs=rngs)
-            self.decoder = nnx.Linear(CODE, head.num_params, kernel_init=GLOROT, rngs=rngs)
-        elif arch == "mlp":
-            self.net = nets.MLPAutoencoder(
-                head.image_shape, CODE, out_features=head.num_params, rngs=rngs
-            )
-        else:
-            self.net = CNNDecoder(head.image_shape, head.num_params, rngs=rngs)
-        if head.name == "maf":
-            self.made = flows.MADE(d, 10, rngs=rngs)
+    def decode(self, z):
+        raise NotImplementedError
 
     @property
     def spec(self) -> dict:
-        """The JSON description `build` rebuilds this model from."""
-        h = self.head
-        return {"kind": "vpae", "head": h.name, "k": h.k, "arch": self.arch,
-                "image_shape": list(h.image_shape)}  # fmt: skip
+        raise NotImplementedError
 
-    def posterior(self, x) -> distrax.Distribution:
-        """VAE only: q(z | x), a diagonal Normal over the 32-d code."""
-        h = jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
-        return distrax.MultivariateNormalDiag(h[:, :CODE], positive(h[:, CODE:]))
+    @classmethod
+    def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        return cls(head, spec["arch"], spec.get("latent_dim", 32), seed=seed)
 
-    def __call__(self, x, key=None):
-        """(raw decoder output [B, P], KL(q(z|x) || N(0, I)) [B]; zero but for the VAE).
-
-        The VAE decodes a posterior sample drawn with `key` (the posterior mean if key is None).
-        """
-        if self.head.name != "vae":
-            raw = self.net(x) if self.arch == "cnn" else self.net(x).recon.reshape(x.shape[0], -1)
-            return raw, jnp.zeros(x.shape[0])
-        q = self.posterior(x)
-        z = q.mean() if key is None else q.sample(seed=key)
-        prior = distrax.MultivariateNormalDiag(jnp.zeros(CODE), jnp.ones(CODE))
-        return self.decoder(z), q.kl_divergence(prior)
+    def latent(self, x, key=None):
+        """(code to decode [B, ...], {regularizer name: [B]}) for the training objective."""
+        return self.encode(x), {}
 
     def likelihood(self, raw) -> distrax.Distribution:
-        """The head's distribution over the image for raw outputs (the flow included)."""
-        dist = self.head.distribution(raw)
-        if self.head.name == "maf":
-            dist = distrax.Transformed(dist, flows.MaskedAutoregressive(self.made))
-        return dist
+        """The distribution over the image's event given raw decoder outputs [B, P]."""
+        return self.head.distribution(raw)
 
-    def code(self, x):
-        """The code of x: [B, 32] (MLP; the VAE: posterior mean) or [B, 62720] (CNN)."""
-        if self.head.name == "vae":
-            return self.posterior(x).mean()
-        return self.net.encode(x).reshape(x.shape[0], -1)
+    def event(self, x):
+        """Images [B, H, W, C] -> values in the likelihood's event shape."""
+        chex.assert_shape(x, (None, *self.image_shape))
+        return self.head.to_event(x)
 
-    def point(self, raw, key, num_samples: int = 50):
-        """Point image and per-pixel variance [B, H, W, C] of the head's distribution.
+    # --- derived from the interface ------------------------------------------------------------
+
+    def point(self, raw, key=None, num_samples: int = 50):
+        """Point image and per-pixel variance [B, H, W, C] of the likelihood (not clipped).
 
         Normal heads: the mean; t heads: the mode of the component whose mode has the highest
-        mixture log-density; `maf`: the mean (and variance) of `num_samples` samples (the paper);
-        `mse`: the output itself. The image is clipped to [0, 1]; the variance is nan where the
-        distribution has none.
+        mixture log-density; `mse`: the output itself (no variance: nan).
         """
-        head = self.head
-        if head.name == "mse":
-            point, var = raw, jnp.full_like(raw, jnp.nan)
-        elif head.name == "maf":
-            samples = self.likelihood(raw).sample(seed=key, sample_shape=num_samples)  # [S, B, D]
-            point, var = samples.mean(0), samples.var(0)
-        else:
-            dist = self.likelihood(raw)
-            point, var = head.point(dist), head.variance(dist)
-        return jnp.clip(head.to_image(point), 0.0, 1.0), head.to_image(var)
+        del key, num_samples
+        dist = self.likelihood(raw)
+        return self.head.to_image(self.head.point(dist)), self.head.to_image(
+            self.head.variance(dist)
+        )
 
-    def reconstruct(self, x, key, num_samples: int = 50):
-        """`point` of x's own output (the VAE: decoded at the posterior mean)."""
-        return self.point(self(x)[0], key, num_samples)
+    def reconstruct(self, x, key=None, num_samples: int = 50):
+        """`point` of decode(encode(x)), clipped to [0, 1], and its variance."""
+        return self.decode_code(self.encode(x), key, num_samples)
 
-    def decode_code(self, z, key):
-        """`point` decoded from codes z [B, 32] (MLP or VAE), e.g. z ~ N(0, I) (Figure 3)."""
-        if self.arch != "mlp":
-            raise ValueError("decoding a code needs the MLP architecture (the CNN has no code)")
-        if self.head.name == "vae":
-            return self.point(self.decoder(z), key)
-        return self.point(self.net.decode(z).reshape(z.shape[0], -1), key)
+    def decode_code(self, z, key=None, num_samples: int = 50):
+        """`point` decoded from codes z, clipped to [0, 1], and its variance."""
+        point, var = self.point(self.decode(z), key, num_samples)
+        return jnp.clip(point, 0.0, 1.0), var
 
     def components(self, x):
         """Each component's mean/mode [B, K, H, W, C] (clipped) and its mixture log-density
-        log p(point_k) [B, K] (the paper's Figure 4)."""
-        dist = self.likelihood(self(x)[0])
+        log p(point_k) [B, K] (the VPAE paper's Figure 4)."""
+        dist = self.likelihood(self.decode(self.encode(x)))
         points = self.head.component_points(dist)
         logp = self.head.mixture_log_density(dist, points)
         return jnp.clip(self.head.to_image(points), 0.0, 1.0), logp
 
 
-def build(spec: dict) -> nnx.Module:
-    """A model from its JSON description (saved in checkpoints by `train.fit(model=...)`).
+class Autoencoder(Model):
+    """A deterministic encoder/decoder network (`nets.ARCHS`) and a likelihood head."""
 
-    ``{"kind": "vpae", "head", "k", "arch", "image_shape"}`` or
-    ``{"kind": "ae", "arch" ('mlp' | 'conv'), "image_shape", "latent_dim"}``. The weights are
-    initialized with `seed` (default 0), to be replaced by a checkpoint's.
+    kind = "ae"
+
+    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, seed: int = 0):
+        self._init_net(head, arch, latent_dim, nnx.Rngs(params=seed))
+
+    def _init_net(self, head, arch, latent_dim, rngs):
+        if arch == "cnn" and not head.is_matrix:
+            raise ValueError(f"head {head.name!r}: the CNN architecture is for matrix heads only")
+        self.head, self.arch, self.latent_dim = head, arch, latent_dim
+        self.image_shape = head.image_shape
+        self.net = nets.make(arch, head.image_shape, latent_dim, head.num_params, rngs=rngs)
+
+    @property
+    def spec(self) -> dict:
+        h = self.head
+        return {"kind": self.kind, "arch": self.arch, "head": h.name, "k": h.k,
+                "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
+
+    def encode(self, x):
+        return self.net.encode(x)
+
+    def decode(self, z):
+        return self.net.decode(z).reshape(z.shape[0], -1)
+
+
+class MAFAutoencoder(Autoencoder):
+    """The `maf` row: an MLP emitting the mean of N(f(x), I), pushed through a MADE flow."""
+
+    kind = "maf"
+
+    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, seed: int = 0):
+        rngs = nnx.Rngs(params=seed)  # one stream: the network's weights, then the MADE's
+        self._init_net(head, arch, latent_dim, rngs)
+        self.made = flows.MADE(head.dim, 10, rngs=rngs)
+
+    def likelihood(self, raw) -> distrax.Distribution:
+        return distrax.Transformed(
+            self.head.distribution(raw), flows.MaskedAutoregressive(self.made)
+        )
+
+    def point(self, raw, key=None, num_samples: int = 50):
+        """The mean and variance of `num_samples` samples (the paper's point for the MAF)."""
+        samples = self.likelihood(raw).sample(seed=key, sample_shape=num_samples)  # [S, B, D]
+        return self.head.to_image(samples.mean(0)), self.head.to_image(samples.var(0))
+
+
+class VAE(Model):
+    """The VPAE paper's VAE: a diagonal-Normal posterior over the code, KL to N(0, I)."""
+
+    kind = "vae"
+
+    def __init__(self, head: Head, latent_dim: int = 32, *, seed: int = 0):
+        self.head, self.latent_dim, self.image_shape = head, latent_dim, head.image_shape
+        rngs = nnx.Rngs(params=seed)
+        self.encoder = nnx.Linear(head.dim, 2 * latent_dim, kernel_init=GLOROT, rngs=rngs)
+        self.decoder = nnx.Linear(latent_dim, head.num_params, kernel_init=GLOROT, rngs=rngs)
+
+    @classmethod
+    def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        return cls(head, spec.get("latent_dim", 32), seed=seed)
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": self.kind, "head": self.head.name, "k": self.head.k,
+                "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
+
+    def posterior(self, x) -> distrax.Distribution:
+        """q(z | x), a diagonal Normal over the code."""
+        h = jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
+        d = self.latent_dim
+        return distrax.MultivariateNormalDiag(h[:, :d], positive(h[:, d:]))
+
+    def encode(self, x):
+        return self.posterior(x).mean()
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def latent(self, x, key=None):
+        """A posterior sample drawn with `key` (the mean if None), and its KL to N(0, I)."""
+        q = self.posterior(x)
+        z = q.mean() if key is None else q.sample(seed=key)
+        d = self.latent_dim
+        prior = distrax.MultivariateNormalDiag(jnp.zeros(d), jnp.ones(d))
+        return z, {"kl": q.kl_divergence(prior)}
+
+
+KINDS: dict[str, type[Model]] = {"ae": Autoencoder, "maf": MAFAutoencoder, "vae": VAE}
+
+
+def register(kind: str):
+    """Class decorator: make a `Model` subclass buildable as ``{"kind": kind, ...}`` (and
+    selectable by ``config.model.kind``). Its constructor takes ``(head, arch, latent_dim, *,
+    seed)`` like `Autoencoder`'s, or it overrides `from_spec`."""
+
+    def add(cls):
+        if kind in KINDS and KINDS[kind] is not cls:
+            raise ValueError(f"model kind {kind!r} is already registered as {KINDS[kind]}")
+        cls.kind = kind
+        KINDS[kind] = cls
+        return cls
+
+    return add
+
+
+def vpae_spec(head: str, k: int = 1, arch: str = "mlp", image_shape=(28, 28, 1)) -> dict:
+    """The description of a row of the VPAE paper's tables: the `maf` and `vae` rows are their
+    own kinds of model, every other head an `Autoencoder`."""
+    kind = head if head in ("maf", "vae") else "ae"
+    spec = {"kind": kind, "head": head, "k": k, "latent_dim": 32, "image_shape": list(image_shape)}
+    return spec if kind == "vae" else {**spec, "arch": arch}
+
+
+def build(spec: dict, *, force: bool = True) -> Model:
+    """A model from its JSON description (`Model.spec`, saved with every checkpoint).
+
+    Weights are initialised with ``spec.get('seed', 0)``, to be replaced by a checkpoint's.
+    Descriptions written before this interface (``kind: 'vpae'``; ``kind: 'ae'`` without a
+    head) are read as the models they described.
     """
+    spec = dict(spec)
+    if spec.get("kind") == "vpae":  # the earlier single VPAE class, switched on its head
+        spec["kind"] = spec["head"] if spec.get("head") in ("maf", "vae") else "ae"
     kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r} in {spec}: expected one of {list(KINDS)}")
     try:
         shape, seed = tuple(spec["image_shape"]), spec.get("seed", 0)
-        if kind == "vpae":
-            head = Head(spec["head"], k=spec["k"], image_shape=shape, force=True)
-            return VPAE(head, spec["arch"], seed=seed)
-        if kind == "ae":
-            return nets.make_model(spec["arch"], shape, spec["latent_dim"], seed=seed)
+        head = Head(spec.get("head", "mse"), k=spec.get("k", 1), image_shape=shape, force=force)
+        return KINDS[kind].from_spec(spec, head, seed)
     except KeyError as e:
         raise ValueError(f"model description {spec} lacks {e}") from None
-    raise ValueError(f"unknown model kind {kind!r} in {spec}: expected 'vpae' or 'ae'")
+
+
+def num_params(model: nnx.Module) -> int:
+    """How many trainable weights `model` has."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = ["HEADS", "KINDS", "Autoencoder", "MAFAutoencoder", "Model", "VAE", "build", "register"]

@@ -20,7 +20,6 @@ VPAE CNN trains 4.3x faster than with patches and a reshape max-pool
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -152,11 +151,6 @@ class Conv(nnx.Module):
         return conv2d_same(x, self.kernel[...], self.stride) + self.bias[...]
 
 
-class AEOutput(NamedTuple):
-    recon: jax.Array  # [B, H, W, C] raw decoder output
-    code: jax.Array  # [B, latent_dim]
-
-
 def subpixel_kernel(kernel: jax.Array) -> jax.Array:
     """Rearrange a 4x4 transposed-conv kernel [4,4,Ci,Co] into a 3x3 conv kernel [3,3,Ci,4*Co].
 
@@ -199,35 +193,33 @@ class MLPAutoencoder(nnx.Module):
     """x -> ReLU(Dense(latent)) -> Dense(out): the 784-32-784 autoencoder of the VPAE paper."""
 
     def __init__(self, image_shape, latent_dim: int, *, out_features: int | None = None, rngs):
-        self.image_shape = tuple(image_shape)
-        d = math.prod(self.image_shape)
-        self.out_features = out_features or d
+        d = math.prod(image_shape)
         init = jax.nn.initializers.glorot_uniform()
         self.encoder = nnx.Linear(d, latent_dim, kernel_init=init, rngs=rngs)
-        self.decoder = nnx.Linear(latent_dim, self.out_features, kernel_init=init, rngs=rngs)
+        self.decoder = nnx.Linear(latent_dim, out_features or d, kernel_init=init, rngs=rngs)
 
     def encode(self, x):
         return jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
 
     def decode(self, z):
-        y = self.decoder(z)
-        if self.out_features == math.prod(self.image_shape):
-            y = y.reshape(z.shape[0], *self.image_shape)
-        return y
-
-    def __call__(self, x) -> AEOutput:
-        z = self.encode(x)
-        return AEOutput(recon=self.decode(z), code=z)
+        return self.decoder(z)
 
 
 class ConvAutoencoder(nnx.Module):
-    """Small conv autoencoder: two stride-2 3x3 convs, a dense code, two `ConvTranspose2x`."""
+    """Small conv autoencoder: two stride-2 3x3 convs, a dense code, two `ConvTranspose2x`.
 
-    def __init__(self, image_shape, latent_dim: int, *, width: int = 32, rngs):
+    Its decoder emits one value per pixel, so it serves heads with P = H W C (e.g. `mse`).
+    """
+
+    def __init__(self, image_shape, latent_dim: int, *, out_features=None, width=32, rngs):
         h, w, c = image_shape
         if h % 4 or w % 4:
             raise ValueError(f"ConvAutoencoder needs H and W divisible by 4, got {image_shape}")
-        self.image_shape = tuple(image_shape)
+        if out_features not in (None, h * w * c):
+            raise ValueError(
+                f"ConvAutoencoder emits one value per pixel ({h * w * c}), not {out_features}: "
+                "use a head with one parameter per pixel (mse) or the 'mlp' architecture"
+            )
         self.hidden = (h // 4, w // 4, 2 * width)
         n = math.prod(self.hidden)
         self.conv1 = Conv(c, width, 3, stride=2, rngs=rngs)
@@ -244,18 +236,53 @@ class ConvAutoencoder(nnx.Module):
 
     def decode(self, z):
         h = jax.nn.relu(self.from_code(z)).reshape(z.shape[0], *self.hidden)
-        return self.up2(jax.nn.relu(self.up1(h)))
-
-    def __call__(self, x) -> AEOutput:
-        z = self.encode(x)
-        return AEOutput(recon=self.decode(z), code=z)
+        return self.up2(jax.nn.relu(self.up1(h))).reshape(z.shape[0], -1)
 
 
-def make_model(name: str, image_shape, latent_dim: int, *, seed: int = 0) -> nnx.Module:
-    """Build a registered autoencoder by name ('mlp' or 'conv')."""
-    rngs = nnx.Rngs(params=seed)
-    if name == "mlp":
-        return MLPAutoencoder(image_shape, latent_dim, rngs=rngs)
-    if name == "conv":
-        return ConvAutoencoder(image_shape, latent_dim, rngs=rngs)
-    raise ValueError(f"unknown model {name!r}: expected 'mlp' or 'conv'")
+class VPAECNN(nnx.Module):
+    """The VPAE paper's CNN (Ciobanu 2021, Table 2): Conv 320 3x3 'same' ReLU, max-pool 2,
+    Conv(ceil(P/(H W))) 3x3 'same', nearest upsampling x2, flatten, keep the first P values.
+
+    It has no Dense layer, and its code (H/2 x W/2 x 320 = 62,720 values at 28 x 28) is
+    over-complete, larger than the 784-pixel image: the paper does not say so, but it explains
+    why this CNN reconstructs poorly.
+    """
+
+    def __init__(self, image_shape, out_features: int, *, filters: int = 320, rngs):
+        h, w, c = image_shape
+        self.out_features = out_features
+        self.out_channels = math.ceil(out_features / (h * w))
+        glorot = jax.nn.initializers.glorot_uniform()
+        self.conv1 = Conv(c, filters, 3, rngs=rngs, init=glorot)
+        self.conv2 = Conv(filters, self.out_channels, 3, rngs=rngs, init=glorot)
+
+    def encode(self, x):
+        """The over-complete code [B, H/2, W/2, filters]."""
+        # max-pool(ReLU(conv + b)) = ReLU(max-pool(conv) + b): both are monotone per channel
+        kernel, bias = self.conv1.kernel[...], self.conv1.bias[...]
+        return jax.nn.relu(conv_maxpool2(x, kernel) + bias)
+
+    def decode(self, z):
+        h = self.conv2(z)
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest upsampling x2
+        return h.reshape(h.shape[0], -1)[:, : self.out_features]
+
+
+# The one registry of architectures: name -> (image_shape, latent_dim, out_features, rngs) ->
+# a network with encode(x) -> code and decode(code) -> raw [B, out_features].
+ARCHS = {
+    "mlp": lambda shape, latent, out, rngs: MLPAutoencoder(
+        shape, latent, out_features=out, rngs=rngs
+    ),
+    "conv": lambda shape, latent, out, rngs: ConvAutoencoder(
+        shape, latent, out_features=out, rngs=rngs
+    ),
+    "cnn": lambda shape, latent, out, rngs: VPAECNN(shape, out, rngs=rngs),
+}
+
+
+def make(arch: str, image_shape, latent_dim: int, out_features: int, *, rngs) -> nnx.Module:
+    """The network `arch` of `ARCHS` for images of `image_shape`, emitting `out_features`."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {sorted(ARCHS)}")
+    return ARCHS[arch](tuple(image_shape), latent_dim, out_features, rngs)

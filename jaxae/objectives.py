@@ -1,51 +1,72 @@
-"""Per-example training objectives. A loss function maps ``(params, batch, key)`` to a dict of
-per-example terms ``{name: [B]}`` that must include ``'loss'``; it never reduces over the batch
-(the trainer does that, in one place, `jaxae.train.reduce_terms`).
+"""Per-example training objectives: the likelihood term plus the model's named regularizers.
 
-`vpae_nll` is the VPAE objective (Ciobanu 2021, Sec. 3.1): the negative log-likelihood of the
-image under the head's distribution, -log p(x | f(x)); for the VAE head the negative ELBO,
--E_q[log p(x | z)] + KL(q(z | x) || N(0, I)) with one reparameterised sample.
+For any `jaxae.models.Model`, with (z, R) = model.latent(x, key):
+
+    loss(x) = -log p(x | decode(z)) + sum_r R_r(x)          # [B], never reduced here
+
+The VPAE (Ciobanu 2021, Sec. 3.1): the negative log-likelihood of the image under the head's
+distribution; the plain autoencoder: its per-pixel mean squared error (`SquaredError`, term
+``'mse'``); the VAE: the negative ELBO, -E_q[log p(x | z)] + KL(q(z | x) || N(0, I)), with one
+reparameterised sample. The trainer reduces the terms over the batch, in one place
+(`jaxae.train.reduce_terms`).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 
-def squared_error(x: jax.Array, recon: jax.Array) -> jax.Array:
-    """Mean squared error per example: [B, ...] x2 -> [B]."""
-    b = x.shape[0]  # flatten first: element-wise loops over [B, 28, 28, 1] are slow on XLA:CPU
-    return jnp.mean(jnp.square(recon.reshape(b, -1) - x.reshape(b, -1)), axis=1)
+def terms(model, x: jax.Array, key: jax.Array | None) -> dict[str, jax.Array]:
+    """Per-example terms ``{'loss', <likelihood term>, <regularizers>...}``, each [B].
+
+    The likelihood term is named by the distribution (``'mse'`` for `SquaredError`, else
+    ``'nll'``, in nats per image).
+    """
+    z, regularizers = model.latent(x, key)
+    dist = model.likelihood(model.decode(z))
+    recon = -dist.log_prob(model.event(x))  # [B]
+    loss = recon
+    for value in regularizers.values():
+        loss = loss + value
+    return {"loss": loss, getattr(dist, "term", "nll"): recon, **regularizers}
 
 
-def autoencoder_mse(graphdef: nnx.GraphDef):
-    """Deterministic autoencoder trained on the per-pixel mean squared error."""
+def split(model: nnx.Module, *, train: bool = True):
+    """``(graphdef, params, model_state)`` of a model in train or eval mode.
 
-    def loss_fn(params, batch, key):
-        del key  # deterministic model
-        model = nnx.merge(graphdef, params)
-        out = model(batch["image"])
-        mse = squared_error(batch["image"], out.recon)  # [B]
-        return {"loss": mse, "mse": mse}
-
-    return loss_fn
+    The model state is every variable that is not a parameter (BatchNorm running statistics);
+    an empty `nnx.State` for models without any. The mode (BatchNorm using batch or running
+    statistics) is part of the graphdef.
+    """
+    model.train() if train else model.eval()
+    return nnx.split(model, nnx.Param, ...)
 
 
-def vpae_nll(graphdef: nnx.GraphDef):
-    """Per-example loss of a `jaxae.models.VPAE`: {'loss', 'nll' (or 'mse'), 'kl' for the VAE}."""
+def merge(graphdef: nnx.GraphDef, params, model_state):
+    """The model of a `split`, with these parameters and this model state."""
+    return nnx.merge(graphdef, params, model_state)
 
-    def loss_fn(params, batch, key):
-        model = nnx.merge(graphdef, params)
-        x, head = batch["image"], model.head
-        raw, kl = model(x, key)
-        if head.name == "mse":
-            mse = squared_error(x.reshape(x.shape[0], -1), raw)
-            return {"loss": mse, "mse": mse}
-        nll = -model.likelihood(raw).log_prob(head.to_event(x))  # nats per image
-        if head.name == "vae":
-            return {"loss": nll + kl, "nll": nll, "kl": kl}
-        return {"loss": nll, "nll": nll}
 
-    return loss_fn
+def loss_fn(graphdef: nnx.GraphDef):
+    """``(params, model_state, batch, key) -> (terms, model_state)`` for a split model: the loss
+    function the trainer takes (`jaxae.train.single`)."""
+
+    def fn(params, model_state, batch, key):
+        model = nnx.merge(graphdef, params, model_state)
+        out = terms(model, batch["image"], key)
+        return out, nnx.split(model, nnx.Param, ...)[2]
+
+    return fn
+
+
+def log_prob_fn(graphdef: nnx.GraphDef):
+    """``(params, model_state, batch) -> {'log_prob': [B]}``: log p(x) of each image in nats
+    under an eval-mode model (the VAE: the ELBO at one posterior sample of a fixed key)."""
+    key = jax.random.PRNGKey(0)
+
+    def fn(params, model_state, batch):
+        model = nnx.merge(graphdef, params, model_state)
+        return {"log_prob": -terms(model, batch["image"], key)["loss"]}
+
+    return fn

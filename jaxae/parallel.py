@@ -87,6 +87,8 @@ def shard_batch(local_batch, mesh: Mesh):
     With one process the local batch is the global batch. With several, process ``i`` passes
     its ``1/num_processes`` slice and the result is one global array sharded over ``data``.
     """
+    for x in jax.tree.leaves(local_batch):
+        check_batch_size(np.shape(x)[0] * jax.process_count(), mesh)
     sharding = batch_sharded(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
@@ -121,4 +123,57 @@ def initialize_distributed() -> None:
 
 def to_host(tree):
     """NumPy copies of replicated arrays, also on hosts that see only their own devices."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    return jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0)) if hasattr(x, "addressable_data") else x, tree
+    )
+
+
+def map_batches(fn, data, batch_size: int, *, args=(), mesh: Mesh | None = None, progress=None):
+    """``fn(*args, batch)`` over a whole host dataset, batch by batch: the one evaluation loop.
+
+    `data` is a pytree of host arrays with a shared leading example axis (every process holds
+    all of it); `fn` returns a pytree of per-example arrays ``[B, ...]``. The last batch is
+    padded with copies of the last example (so `fn` compiles once) and the padding dropped;
+    batch i is fetched while batch i + 1 runs. `fn` should be jitted for `mesh` (e.g. by
+    `data_parallel` with ``batch_argnums=(len(args),)``); `args` are passed through unchanged.
+    `progress`: a tqdm bar to advance by the examples done.
+
+    Returns:
+      The outputs for every example, concatenated on the host: a pytree of ``[N, ...]``.
+    """
+    mesh = mesh or data_mesh()
+    check_batch_size(batch_size, mesh)
+    leaves = jax.tree.leaves(data)
+    n = len(leaves[0])
+    if n == 0:
+        raise ValueError("map_batches: the dataset is empty (0 examples)")
+    if any(len(x) != n for x in leaves):
+        raise ValueError(f"map_batches: arrays of {[len(x) for x in leaves]} examples differ")
+    outputs, pending = [], None
+
+    def fetch(pending):
+        result, size = pending
+        outputs.append(jax.tree.map(lambda x: np.asarray(to_host(x))[:size], result))
+        if progress is not None:
+            progress.update(size)
+
+    for start in range(0, n, batch_size):
+
+        def pad(x, start=start):
+            part = np.asarray(x[start : start + batch_size])
+            extra = batch_size - len(part)
+            return np.concatenate([part, np.repeat(part[-1:], extra, 0)]) if extra else part
+
+        batch = shard_global_batch(jax.tree.map(pad, data), mesh)
+        result = fn(*args, batch)
+        if pending is not None:
+            fetch(pending)
+        pending = (result, min(batch_size, n - start))
+    fetch(pending)
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def batch_means(fn, data, batch_size: int, *, args=(), mesh: Mesh | None = None) -> dict:
+    """Means over a whole dataset of ``fn(*args, batch) -> {name: [B]}`` (`map_batches`)."""
+    per_example = map_batches(fn, data, batch_size, args=args, mesh=mesh)
+    return {k: float(np.mean(v, dtype=np.float64)) for k, v in per_example.items()}

@@ -19,26 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxae import config as jconfig
+from jaxae import data as jdata
 from jaxae import parallel
 from jaxae.checkpoint import Checkpointer
-from jaxae.config import TrainConfig
 
-# A loss function maps (params, batch, key) to per-example terms {name: [B]}, with 'loss'.
-LossFn = Callable[[Any, dict, jax.Array], dict[str, jax.Array]]
+# A loss function maps (params, model_state, batch, key) to (per-example terms {name: [B]} with
+# 'loss', the new model state); `stateless` adapts one of (params, batch, key) -> terms.
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[dict[str, jax.Array], Any]]
 # `prepare(batch, key)` turns a raw batch (uint8 pixels) into model inputs, on device.
 PrepareFn = Callable[[dict, jax.Array], dict]
-
-# Fields that may change between a run and its resumption (they set the budget and the loop,
-# not the trajectory). Any other difference is an error.
-RESUMABLE_CHANGES = (
-    "epochs",
-    "max_steps",
-    "steps_per_call",
-    "checkpoint_every",
-    "keep_checkpoints",
-)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,14 +49,147 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+# --- Update: optax-shaped (init, step) ------------------------------------------------------
+
+
+class Update(NamedTuple):
+    """How one iteration changes the trainable state, in the shape of an optax transformation.
+
+    init(params) -> opt_state
+    step(params, model_state, opt_state, batch, key) -> (params, model_state, opt_state, metrics)
+
+    `metrics` are scalars (batch means of the loss terms, gradient norms). `single` is the
+    default; `grouped` trains several parameter groups, each with its own loss and optimizer.
+    """
+
+    init: Callable
+    step: Callable
+
+
+class Group(NamedTuple):
+    """A parameter group of `grouped`: the top-level attributes of the model it owns (`params`,
+    e.g. ``('critic',)``), its loss, its optax optimizer and how many steps it takes per
+    iteration (a critic 5 : generator 1 schedule is ``steps=5`` on the critic)."""
+
+    params: tuple
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    steps: int = 1
+
+
+def stateless(fn) -> LossFn:
+    """A `LossFn` from ``fn(params, batch, key) -> terms`` for models without model state."""
+
+    def loss_fn(params, model_state, batch, key):
+        return fn(params, batch, key), model_state
+
+    return loss_fn
+
+
+def _batch_size(batch) -> int:
+    return int(jax.tree.leaves(batch)[0].shape[0])
+
+
+def _grad_step(loss_fn, optimizer, params, model_state, opt_state, batch, key):
+    """One optimizer step on `params`: (params, model_state, opt_state, metrics)."""
+    size = _batch_size(batch)
+
+    def objective(p):
+        terms, new_model_state = loss_fn(p, model_state, batch, key)
+        metrics = reduce_terms(terms, batch_size=size)
+        return metrics["loss"], (metrics, new_model_state)
+
+    grads, (metrics, model_state) = jax.grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return params, model_state, opt_state, metrics
+
+
+def single(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Update:
+    """One loss, one optimizer over every parameter: the default `Update`."""
+
+    def step(params, model_state, opt_state, batch, key):
+        return _grad_step(loss_fn, optimizer, params, model_state, opt_state, batch, key)
+
+    return Update(optimizer.init, step)
+
+
+def grouped(groups: dict[str, Group]) -> Update:
+    """Several named parameter groups, stepped in the order given, each `steps` times per
+    iteration (an inner `lax.scan`, so the iteration stays one jitted call).
+
+    Each group's loss sees every parameter but differentiates only its own; the model state
+    (BatchNorm statistics) threads through every step. The optimizer state is a dict keyed by
+    group; metrics are prefixed ``<group>/`` (those of the group's last step). Step t of group
+    g uses ``fold_in(fold_in(key, g), t)`` and the same batch.
+    """
+    for name, g in groups.items():
+        if not isinstance(g.steps, int) or g.steps < 1:
+            raise ValueError(f"group {name!r}: steps must be an integer >= 1, got {g.steps!r}")
+    owners = [k for g in groups.values() for k in g.params]
+    if len(set(owners)) != len(owners):
+        raise ValueError(f"parameter groups overlap: {owners}")
+
+    def own(params, g):
+        missing = [k for k in g.params if k not in params]
+        if missing:
+            raise ValueError(f"parameter group owns {missing}, not in the model's {list(params)}")
+        return nnx.State({k: params[k] for k in g.params})
+
+    def init(params):
+        return {name: g.optimizer.init(own(params, g)) for name, g in groups.items()}
+
+    def step(params, model_state, opt_state, batch, key):
+        opt_state, metrics = dict(opt_state), {}
+        for i, (name, g) in enumerate(groups.items()):
+            rest = nnx.State({k: v for k, v in params.items() if k not in g.params})
+
+            def group_loss(mine, model_state, batch, key, rest=rest, g=g):
+                return g.loss_fn(nnx.State({**rest, **mine}), model_state, batch, key)
+
+            group_key = jax.random.fold_in(key, i)
+
+            def body(carry, t, g=g, group_loss=group_loss, group_key=group_key):
+                mine, model_state, o = carry
+                k = jax.random.fold_in(group_key, t)
+                mine, model_state, o, m = _grad_step(
+                    group_loss, g.optimizer, mine, model_state, o, batch, k
+                )
+                return (mine, model_state, o), m
+
+            carry = (own(params, g), model_state, opt_state[name])
+            (mine, model_state, opt_state[name]), m = jax.lax.scan(body, carry, jnp.arange(g.steps))
+            params = nnx.State({**rest, **mine})
+            metrics.update({f"{name}/{k}": v[-1] for k, v in m.items()})
+        metrics["loss"] = sum(metrics[f"{name}/loss"] for name in groups)
+        return params, model_state, opt_state, metrics
+
+    return Update(init, step)
+
+
+def make_optimizer(opt, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimizer of a config's ``optimizer`` section: Adam at `learning_rate`,
+    multiplied by `decay_factor` at each of `decay_epochs`."""
+    rate = opt.learning_rate
+    if opt.decay_epochs:
+        boundaries = {int(e) * steps_per_epoch: opt.decay_factor for e in opt.decay_epochs}
+        rate = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+    return optax.adam(rate)
+
+
 # --- State -------------------------------------------------------------------------------------
 
 
-def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> dict:
-    """The train state pytree ``{params, opt_state, step, key}`` (host values)."""
+def init_state(params, update, seed: int, model_state=None) -> dict:
+    """The train state pytree ``{params, model_state, opt_state, step, key}`` (host values).
+
+    `update` is an `Update` (or any optax transformation: its ``init`` is all that is used).
+    """
     return {
         "params": params,
-        "opt_state": optimizer.init(params),
+        "model_state": nnx.State({}) if model_state is None else model_state,
+        "opt_state": update.init(params),
         "step": np.int32(0),
         "key": np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), 1)),
     }
@@ -83,15 +209,34 @@ def epoch_permutation(key: jax.Array, epoch, num_examples: int) -> jax.Array:
 # --- Update step -------------------------------------------------------------------------------
 
 
-def reduce_terms(terms: dict[str, jax.Array], mask: jax.Array | None = None) -> dict:
-    """The one place where per-example terms [B] become batch means (masked for padding)."""
+def reduce_terms(terms: dict, mask: jax.Array | None = None, batch_size: int | None = None):
+    """The one place where per-example terms [B] become batch means (masked for padding).
+
+    Checked when traced: `terms` is a dict holding ``'loss'``, and every term is one value per
+    example, [B] (a scalar or a batch sum would train silently on the wrong objective).
+    """
+    if not isinstance(terms, dict) or "loss" not in terms:
+        got = sorted(terms) if isinstance(terms, dict) else type(terms).__name__
+        raise ValueError(
+            f"a loss function must return per-example terms {{name: [B]}} including 'loss'; "
+            f"got {got}"
+        )
+    size = batch_size if batch_size is not None else (None if mask is None else mask.shape[0])
+    for name, value in terms.items():
+        shape = jnp.shape(value)
+        if len(shape) != 1 or (size is not None and shape[0] != size):
+            raise ValueError(
+                f"loss term {name!r} has shape {shape}; terms are per example, [B] = "
+                f"[{size if size is not None else 'B'}]: do not reduce over the batch (the "
+                "trainer does), and sum or average other axes per example"
+            )
     if mask is None:
         return {k: jnp.mean(v) for k, v in terms.items()}
     w = mask.astype(jnp.float32)
     return {k: jnp.sum(jnp.where(mask, v, 0.0)) / jnp.sum(w) for k, v in terms.items()}
 
 
-def _step_fn(loss_fn: LossFn, optimizer, prepare: PrepareFn | None):
+def _step_fn(update: Update, prepare: PrepareFn | None):
     """The pure single-step update ``(state, batch) -> (state, metrics)`` on a global batch."""
 
     def train_step(state, batch):
@@ -99,34 +244,56 @@ def _step_fn(loss_fn: LossFn, optimizer, prepare: PrepareFn | None):
         prep_key, loss_key = jax.random.split(key)
         if prepare is not None:
             batch = prepare(batch, prep_key)
-
-        def objective(params):
-            metrics = reduce_terms(loss_fn(params, batch, loss_key))
-            return metrics["loss"], metrics
-
-        grads, metrics = jax.grad(objective, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        params, model_state, opt_state, metrics = update.step(
+            state["params"], state["model_state"], state["opt_state"], batch, loss_key
+        )
+        new_state = {**state, "params": params, "model_state": model_state,
+                     "opt_state": opt_state, "step": state["step"] + 1}  # fmt: skip
         return new_state, metrics
 
     return train_step
 
 
-def make_train_step(loss_fn: LossFn, optimizer, mesh=None, prepare: PrepareFn | None = None):
+def make_train_step(update: Update, mesh=None, prepare: PrepareFn | None = None):
     """One jitted, state-donating, data-parallel step ``(state, batch) -> (state, metrics)``.
 
     `batch` is a dict of global arrays sharded over the ``data`` axis (see
-    `jaxae.parallel.shard_batch`); the state is replicated.
+    `jaxae.parallel.shard_batch`); the state is replicated. Float ``'image'`` batches are
+    checked for NaN/inf and for pixels outside [-1, 1] before the step (one small reduction:
+    raw uint8 pixels belong in `prepare`, which scales them on the device).
     """
     mesh = mesh or parallel.data_mesh()
-    return parallel.data_parallel(_step_fn(loss_fn, optimizer, prepare), mesh)
+    step = parallel.data_parallel(_step_fn(update, prepare), mesh)
+
+    def checked_step(state, batch):
+        if isinstance(batch, dict) and "image" in batch:
+            check_pixels(batch["image"], "batch['image']")
+        return step(state, batch)
+
+    return checked_step
 
 
-def make_train_chunk(
-    loss_fn: LossFn, optimizer, batch_size: int, mesh=None, prepare: PrepareFn | None = None
-):
+@jax.jit
+def _pixel_stats(x):
+    return jnp.sum(~jnp.isfinite(x)), jnp.nanmin(x), jnp.nanmax(x)
+
+
+def check_pixels(x, name: str) -> None:
+    """Raw integer pixels pass; float pixels must be finite and inside [-1, 1] (a [0, 255]
+    float image is a forgotten scaling). Raises ValueError naming `name`."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return
+    bad, lo, hi = (float(v) for v in _pixel_stats(x))
+    if bad:
+        raise ValueError(f"{name}: {int(bad)} NaN or infinite pixel values")
+    if lo < -1 or hi > 1:
+        raise ValueError(
+            f"{name}: float pixels in [{lo:g}, {hi:g}], expected [0, 1] (or [-0.5, 0.5]): "
+            "pass uint8 images and scale them in `prepare` (jaxae.data.Preprocess)"
+        )
+
+
+def make_train_chunk(update: Update, batch_size: int, mesh=None, prepare: PrepareFn | None = None):
     """The fast path: `num_steps` steps in one jitted `lax.scan` over on-device data.
 
     Returns ``chunk(state, data, perm, start, num_steps) -> (state, metrics [num_steps])``: step
@@ -135,7 +302,7 @@ def make_train_chunk(
     """
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(batch_size, mesh)
-    train_step = _step_fn(loss_fn, optimizer, prepare)
+    train_step = _step_fn(update, prepare)
     sharded = parallel.batch_sharded(mesh)
 
     def chunk(state, data, perm, start, num_steps):
@@ -157,43 +324,6 @@ def make_train_chunk(
     )
 
 
-# --- Evaluation --------------------------------------------------------------------------------
-
-
-def evaluate(per_example_fn, params, data: dict, batch_size: int, mesh=None) -> dict:
-    """Average ``per_example_fn(params, batch) -> {name: [B]}`` over a whole host dataset.
-
-    The last batch is padded to `batch_size` and masked out of the means (big_vision style).
-    """
-    mesh = mesh or parallel.data_mesh()
-    parallel.check_batch_size(batch_size, mesh)
-    fn = _eval_fn(per_example_fn, mesh)
-    n = len(next(iter(data.values())))
-    totals, count = {}, 0
-    for lo in range(0, n, batch_size):
-        part = {k: np.asarray(v[lo : lo + batch_size]) for k, v in data.items()}
-        m = len(next(iter(part.values())))
-        pad = {
-            k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, 0)]) for k, v in part.items()
-        }
-        mask = np.arange(batch_size) < m
-        sums = fn(params, parallel.shard_global_batch({**pad, "_mask": mask}, mesh))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        count += m
-    return {k: v / count for k, v in totals.items()}
-
-
-@functools.lru_cache(maxsize=32)
-def _eval_fn(per_example_fn, mesh):
-    def sums(params, batch):
-        mask = batch.pop("_mask")
-        terms = per_example_fn(params, batch)
-        return {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in terms.items()}
-
-    return parallel.data_parallel(sums, mesh, donate_argnums=())
-
-
 # --- Loop --------------------------------------------------------------------------------------
 
 
@@ -204,101 +334,100 @@ class FitResult(NamedTuple):
 
 
 def fit(
-    config: TrainConfig,
+    config,
     workdir: str | Path,
     *,
     params,
-    loss_fn: LossFn,
+    update: Update,
     train: dict[str, np.ndarray],
+    model_state=None,
     prepare: PrepareFn | None = None,
-    optimizer: optax.GradientTransformation | None = None,
     mesh=None,
     eval_fn: Callable[[dict], dict] | None = None,
     progress: bool = True,
     model: dict | None = None,
+    data_files=(),
 ) -> FitResult:
-    """Train (or resume) until ``config.epochs`` epochs or ``config.max_steps`` steps.
+    """Train (or resume) until ``training.epochs`` epochs or ``training.max_steps`` steps.
 
     Args:
-      config: the run's `TrainConfig` (saved with every checkpoint).
+      config: the run's config (`jaxae.config`; saved with every checkpoint).
       workdir: run folder; holds ``checkpoints/`` and ``metrics.jsonl``.
       params: initial parameters (an `nnx.State`), used when there is no checkpoint.
-      loss_fn: per-example loss, see `LossFn`.
+      update: how one iteration trains (`single(loss_fn, optimizer)`, `grouped(...)`).
       train: host arrays with a leading example axis, e.g. ``{'image': uint8 [N,H,W,C]}``;
-        placed on every device once.
+        placed on every device once. Images are checked first (`jaxae.data.check_images`).
+      model_state: initial non-parameter state (BatchNorm statistics), if the model has any.
       prepare: on-device preprocessing of each raw batch.
-      optimizer: defaults to ``optax.adam(config.learning_rate)``.
       mesh: defaults to a ``('data',)`` mesh over all devices.
-      eval_fn: called with the params at every epoch end; its dict is logged.
+      eval_fn: called with the train state at every epoch end; its dict is logged.
       progress: show a progress bar.
-      model: JSON-able description of the model (`jaxae.models.build` rebuilds it), saved
-        with every checkpoint so that the run can be restored and evaluated later.
+      model: JSON description of the model (`jaxae.models.build` rebuilds it), saved with
+        every checkpoint so that the run can be restored and evaluated later.
+      data_files: the files the training data was read from, saved with every checkpoint.
 
     Returns:
       `FitResult` with the final state, the logged metric lines, and the step resumed from.
     """
+    config = jconfig.validate(config)
+    tc = config.training
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or parallel.data_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    optimizer = optimizer or optax.adam(config.learning_rate)
+    parallel.check_batch_size(tc.batch_size, mesh)
 
     # --- Input: the whole dataset lives on the devices.
     sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in train.items()}
     if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"train arrays need one shared leading example axis, got sizes {sizes}")
+    if "image" in train:
+        jdata.check_images(train["image"], "train['image']")
     num_examples = next(iter(sizes.values()))
-    steps_per_epoch = num_examples // config.batch_size
+    steps_per_epoch = num_examples // tc.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
             f"the training set has {num_examples} examples, fewer than one batch of "
-            f"{config.batch_size}: an empty epoch"
+            f"{tc.batch_size}: an empty epoch"
         )
     data = parallel.replicate(train, mesh)
-    total = config.epochs * steps_per_epoch
-    if config.max_steps:
-        total = min(total, config.max_steps)
+    total = tc.epochs * steps_per_epoch
+    if tc.max_steps:
+        total = min(total, tc.max_steps)
 
     # --- State and checkpoint.
-    host_state = jax.device_get(init_state(params, optimizer, config.seed))
+    host_state = jax.device_get(init_state(params, update, tc.seed, model_state))
 
     def init_fn():
         return parallel.replicate(host_state, mesh)
 
-    every = config.checkpoint_every or steps_per_epoch
-    ckpt = Checkpointer(workdir / "checkpoints", save_every=every, keep=config.keep_checkpoints)
+    every = tc.checkpoint_every or steps_per_epoch
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=every, keep=tc.keep_checkpoints)
+    meta = {
+        "config": config.to_dict(),
+        "data": {"steps_per_epoch": steps_per_epoch, "num_examples": num_examples,
+                 "files": [str(f) for f in data_files]},
+        **({"model": model} if model else {}),
+    }  # fmt: skip
     try:
-        state, meta, resumed = ckpt.restore_or_init(init_fn)
-        if meta is not None:
-            _check_resumable(meta, config, num_examples)
+        state, saved, resumed = ckpt.restore_or_init(init_fn)
+        if saved is not None:
+            _check_resumable(saved, config, num_examples)
         _trim_log(workdir / "metrics.jsonl", int(state["step"]))
-        chunk_fn = make_train_chunk(loss_fn, optimizer, config.batch_size, mesh, prepare)
-        state, history = _loop(
-            state,
-            ckpt,
-            every,
-            chunk_fn,
-            data,
-            config,
-            workdir,
-            steps_per_epoch,
-            total,
-            eval_fn,
-            progress,
-            model,
-        )
+        chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
+        loop = _Loop(ckpt, every, chunk_fn, data, tc, steps_per_epoch, total, meta)
+        state, history = loop.run(state, workdir, eval_fn, progress)
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
     return FitResult(state=state, history=history, resumed_from=resumed)
 
 
-def _check_resumable(meta: dict, config: TrainConfig, num_examples: int) -> None:
-    saved = meta.get("config", {})
-    now = config.to_dict()
+def _check_resumable(meta: dict, config, num_examples: int) -> None:
+    saved = jconfig.flatten(jconfig.from_dict(meta.get("config", {})))
+    now = jconfig.flatten(config)
     diff = [
         f"{k}: {saved.get(k)!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        if k not in jconfig.RESUMABLE and saved.get(k) != now[k]
     ]
     if meta.get("data", {}).get("num_examples", num_examples) != num_examples:
         diff.append(f"num_examples: {meta['data']['num_examples']} -> {num_examples}")
@@ -310,72 +439,63 @@ def _check_resumable(meta: dict, config: TrainConfig, num_examples: int) -> None
         )
 
 
-def _loop(
-    state,
-    ckpt,
-    every,
-    chunk_fn,
-    data,
-    config,
-    workdir,
-    steps_per_epoch,
-    total,
-    eval_fn,
-    progress,
-    model,
-):
+class _Loop(NamedTuple):
     """Run chunks of scanned steps, cut at epoch ends and checkpoint steps."""
-    key = data_key(config.seed)
-    num_examples = len(jax.tree.leaves(data)[0])
-    step = int(state["step"])
-    history, perm, perm_epoch = [], None, -1
-    last_saved = ckpt.latest_step()
-    lead = jax.process_index() == 0  # one process writes the log and shows the bar
-    with (
-        open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as log,
-        tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
-    ):
-        while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if epoch != perm_epoch:
-                perm, perm_epoch = epoch_permutation(key, epoch, num_examples), epoch
-            n = min(steps_per_epoch - offset, total - step, every - step % every)
-            if config.steps_per_call:
-                n = min(n, config.steps_per_call)
-            t0 = time.perf_counter()
-            state, metrics = chunk_fn(state, data, perm, offset, n)
-            metrics = jax.device_get(metrics)  # waits for the chunk: [n] per term
-            seconds = time.perf_counter() - t0
-            _check_finite(metrics, step, last_saved)
-            step += n
-            line = {
-                "step": step,
-                "epoch": epoch + (offset + n) / steps_per_epoch,
-                **{k: float(np.mean(v)) for k, v in metrics.items()},
-                "examples_per_s": n * config.batch_size / seconds,
-                "seconds": seconds,
-            }
-            if step % steps_per_epoch == 0 and eval_fn is not None:
-                line.update({f"eval_{k}": float(v) for k, v in eval_fn(state["params"]).items()})
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-            history.append(line)
-            bar.update(n)
-            bar.set_postfix(loss=f"{line['loss']:.4g}", ex_s=f"{line['examples_per_s']:.0f}")
-            meta = {
-                "config": config.to_dict(),
-                "data": {
-                    "epoch": step // steps_per_epoch,
-                    "batch": step % steps_per_epoch,
+
+    ckpt: Checkpointer
+    every: int
+    chunk_fn: Callable
+    data: dict
+    tc: Any  # the config's training section
+    steps_per_epoch: int
+    total: int
+    meta: dict
+
+    def run(self, state, workdir, eval_fn, progress):
+        tc, steps_per_epoch, total = self.tc, self.steps_per_epoch, self.total
+        key = data_key(tc.seed)
+        num_examples = len(jax.tree.leaves(self.data)[0])
+        step = int(state["step"])
+        history, perm, perm_epoch = [], None, -1
+        last_saved = self.ckpt.latest_step()
+        lead = jax.process_index() == 0  # one process writes the log and shows the bar
+        with (
+            open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as log,
+            tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
+        ):
+            while step < total:
+                epoch, offset = divmod(step, steps_per_epoch)
+                if epoch != perm_epoch:
+                    perm, perm_epoch = epoch_permutation(key, epoch, num_examples), epoch
+                n = min(steps_per_epoch - offset, total - step, self.every - step % self.every)
+                if tc.steps_per_call:
+                    n = min(n, tc.steps_per_call)
+                t0 = time.perf_counter()
+                state, metrics = self.chunk_fn(state, self.data, perm, offset, n)
+                metrics = jax.device_get(metrics)  # waits for the chunk: [n] per term
+                seconds = time.perf_counter() - t0
+                _check_finite(metrics, step, last_saved)
+                step += n
+                line = {
                     "step": step,
-                    "steps_per_epoch": steps_per_epoch,
-                    "num_examples": num_examples,
-                },
-                **({"model": model} if model else {}),
-            }
-            if ckpt.save(step, state, meta, force=step == total):
-                last_saved = step
-    return state, history
+                    "epoch": epoch + (offset + n) / steps_per_epoch,
+                    **{k: float(np.mean(v)) for k, v in metrics.items()},
+                    "examples_per_s": n * tc.batch_size / seconds,
+                    "seconds": seconds,
+                }
+                if step % steps_per_epoch == 0 and eval_fn is not None:
+                    line.update({f"eval_{k}": float(v) for k, v in eval_fn(state).items()})
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                history.append(line)
+                bar.update(n)
+                bar.set_postfix(loss=f"{line['loss']:.4g}", ex_s=f"{line['examples_per_s']:.0f}")
+                position = {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
+                            "step": step}  # fmt: skip
+                meta = {**self.meta, "data": {**self.meta["data"], **position}}
+                if self.ckpt.save(step, state, meta, force=step == total):
+                    last_saved = step
+        return state, history
 
 
 def _trim_log(path: Path, step: int) -> None:

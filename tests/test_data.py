@@ -1,6 +1,7 @@
 """Tests for jaxae.data: IDX reading, file resolution, real data sets, transforms, validation."""
 
 import gzip
+import re
 import sys
 import zipfile
 
@@ -114,25 +115,95 @@ def test_fashion_subfolders(tmp_path, no_known_dirs, folder):
     assert ds.train.images.shape == (12, 28, 28, 1) and ds.test.labels.tolist() == [4] * 5
 
 
-def test_not_found_lists_every_place_and_fix(tmp_path, monkeypatch, no_known_dirs):
-    monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "env"))
-    (tmp_path / "env").mkdir()
+def test_not_found_lists_every_place_and_fix(no_known_dirs):
+    no_known_dirs[1].mkdir()  # one known place exists but is empty
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.load_raw("fashion_mnist", "train")
     msg = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "'fashion_mnist'" in msg
-    places = [
-        tmp_path / "env",
-        tmp_path / "env" / "fashion-mnist",
-        tmp_path / "env" / "fashion_mnist",
-    ]
-    for place in places + no_known_dirs:
-        assert f"{place}: " in msg
-    assert f"{tmp_path / 'env'}: missing {TRAIN_IMAGES}, {TRAIN_LABELS}" in msg
     assert f"{no_known_dirs[0]}: no such folder" in msg
+    assert f"{no_known_dirs[1]}: missing {TRAIN_IMAGES}, {TRAIN_LABELS}" in msg
     assert "tensorflow-datasets: skipped" in msg
     assert "sudo apt-get install dataset-fashion-mnist" in msg and "JAXAE_DATA_DIR" in msg
+
+
+def test_missing_data_dir_argument_raises_without_fallback(tmp_path, monkeypatch):
+    known = write_mnist_dir(tmp_path / "known")  # would be found if the error fell back
+    monkeypatch.setattr(data, "known_dirs", lambda name: [known])
+    missing = tmp_path / "typo"
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("mnist", data_dir=missing)
+    msg = str(info.value)
+    assert f"{missing}, the folder given by the data_dir argument: no such folder" in msg
+    assert str(known) not in msg  # not searched, so not listed
+    # A file where a folder should be is named as such.
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(data.DatasetNotFoundError, match="data_dir argument: not a folder"):
+        data.load_raw("mnist", "test", tmp_path / "a_file")
+
+
+def test_missing_env_data_dir_raises_without_fallback(tmp_path, monkeypatch):
+    known = write_mnist_dir(tmp_path / "known")
+    monkeypatch.setattr(data, "known_dirs", lambda name: [known])
+    monkeypatch.setenv("JAXAE_DATA_DIR", str(tmp_path / "unmounted"))
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load_raw("mnist", "train")
+    msg = str(info.value)
+    assert f"{tmp_path / 'unmounted'}, the folder given by the JAXAE_DATA_DIR environment" in msg
+    assert "Fix: point the JAXAE_DATA_DIR environment variable to" in msg
+    # Relative paths are also shown absolute, as the current directory decides what they mean.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAXAE_DATA_DIR", "rel")
+    with pytest.raises(data.DatasetNotFoundError, match=re.escape(f"rel (= {tmp_path / 'rel'})")):
+        data.load_raw("mnist", "train")
+    # An empty variable counts as unset: the known places are searched.
+    monkeypatch.setenv("JAXAE_DATA_DIR", "")
+    assert data.load_raw("mnist", "train").files[0] == str(known / TRAIN_IMAGES)
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+def test_empty_explicit_dir_lists_files_looked_for(tmp_path, monkeypatch, from_env):
+    known = write_mnist_dir(tmp_path / "known")
+    monkeypatch.setattr(data, "known_dirs", lambda name: [known])
+    empty = tmp_path / "empty"
+    (empty / "fashion-mnist").mkdir(parents=True)
+    (empty / "fashion-mnist" / TEST_IMAGES).write_bytes(b"")  # half a split is still missing
+    if from_env:
+        monkeypatch.setenv("JAXAE_DATA_DIR", str(empty))
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("fashion_mnist", data_dir=None if from_env else empty)
+    msg = str(info.value)
+    source = "JAXAE_DATA_DIR environment variable" if from_env else "data_dir argument"
+    assert f"{empty}, the folder given by the {source}" in msg
+    assert f"Looked for {TRAIN_IMAGES}, {TRAIN_LABELS} in:" in msg
+    assert f"  - {empty}: missing {TRAIN_IMAGES}, {TRAIN_LABELS}\n" in msg
+    assert f"  - {empty / 'fashion-mnist'}: missing {TRAIN_IMAGES}, {TRAIN_LABELS}\n" in msg
+    assert f"  - {empty / 'fashion_mnist'}: no such folder\n" in msg
+    assert str(known) not in msg and "tensorflow-datasets" not in msg
+    # The train files alone do not do either: the test split is looked for in the same folder.
+    write_mnist_dir(tmp_path / "train_only")
+    (tmp_path / "train_only" / TEST_LABELS).unlink()
+    with pytest.raises(data.DatasetNotFoundError, match=f"Looked for {TEST_IMAGES}, {TEST_LABELS}"):
+        data.load("mnist", data_dir=tmp_path / "train_only")
+
+
+def test_loaded_files_are_recorded(tmp_path, no_known_dirs, monkeypatch):
+    folder = write_mnist_dir(tmp_path / "d" / "fashion-mnist")
+    train_files = (str(folder / TRAIN_IMAGES), str(folder / TRAIN_LABELS))
+    test_files = (str(folder / TEST_IMAGES), str(folder / TEST_LABELS))
+
+    assert data.load_raw("fashion_mnist", "test", tmp_path / "d").files == test_files
+    ds = data.load("fashion_mnist", data_dir=tmp_path / "d", val_size=3, pad_to_32=True)
+    assert ds.train.files == ds.val.files == train_files and ds.test.files == test_files
+    assert ds.files == train_files + test_files
+    assert ds.train.images.shape == (9, 32, 32, 1)  # the files survive the val split and padding
+    # A relative data_dir is recorded as absolute paths.
+    monkeypatch.chdir(tmp_path)
+    assert data.load("fashion_mnist", data_dir="d", transform="hflip").files == ds.files
+    # User arrays were read from no file; positional construction still works.
+    assert data.from_arrays(np.zeros((2, 4, 4), np.uint8)).files == ()
+    assert data.Split(np.zeros((1, 4, 4, 1)), np.zeros(1)).files == ()
 
 
 def test_not_found_records_tfds_failure(monkeypatch, no_known_dirs):
@@ -173,6 +244,7 @@ def test_real_mnist():
     assert ds.train.labels.dtype == np.int32
     assert ds.train.labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert ds.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert len(ds.files) == 4 and all(f.startswith("/") and "mnist" in f for f in ds.files)
 
 
 def test_real_fashion_mnist():

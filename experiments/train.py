@@ -1,0 +1,134 @@
+"""Train any jaxae model from a config file: the one short main (flax examples' shape).
+
+    python -m experiments.train --config experiments/configs/demo.py --workdir runs/demo
+    python -m experiments.train --config experiments/configs/vpae.py:t_diag \
+        --config.training.epochs=2 --workdir runs/t_diag
+
+`--config FILE[:ARG]` names a Python file whose ``get_config(ARG)`` returns the run's config
+(`jaxae.config`); ``--config.<section>.<field>=value`` overrides any field. Running it again in
+the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
+``<workdir>/metrics.jsonl``, ``checkpoints/`` (orbax), ``summary.json`` (test metrics) and
+``reconstructions.png`` (test images above their reconstructions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxae import config as jconfig
+from jaxae import data as jdata
+from jaxae import models, objectives, parallel, plots, train
+
+EVAL_BATCH = 500
+
+
+def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True) -> dict:
+    """Train (or resume) the config's model in `workdir`; returns the summary it writes."""
+    config = jconfig.validate(config)
+    dc, tc = config.data, config.training
+    workdir = Path(workdir)
+    mesh = parallel.data_mesh()
+
+    # --- Input.
+    ds = jdata.load(dc.dataset, data_dir=data_dir, pad_to_32=dc.pad_to_32,
+                    val_size=dc.val_size, seed=tc.seed)  # fmt: skip
+    pre = jdata.Preprocess(scale=dc.scale, dequantize=dc.dequantize)
+    eval_pre = jdata.Preprocess(scale=dc.scale)
+    held_out = ds.val if ds.val is not None else ds.test
+
+    # --- Model, objective, update.
+    spec = {**config.model.to_dict(), "image_shape": list(ds.train.images.shape[1:])}
+    model = models.build({**spec, "seed": tc.seed}, force=False)
+    graphdef, params, model_state = objectives.split(model, train=True)
+    eval_graphdef = objectives.split(model, train=False)[0]
+    optimizer = train.make_optimizer(config.optimizer, len(ds.train.images) // tc.batch_size)
+    update = train.single(objectives.loss_fn(graphdef), optimizer)
+    eval_loss = objectives.loss_fn(eval_graphdef)
+
+    def prepare(batch, key):
+        return {**batch, "image": pre(batch["image"], key)}
+
+    @jax.jit
+    def eval_terms(params, model_state, batch):
+        return eval_loss(params, model_state, {"image": eval_pre(batch["image"])}, None)[0]
+
+    eval_step = parallel.data_parallel(eval_terms, mesh, batch_argnums=(2,), donate_argnums=())
+
+    def eval_fn(state):
+        args = (state["params"], state["model_state"])
+        data = {"image": held_out.images}
+        return parallel.batch_means(eval_step, data, EVAL_BATCH, args=args, mesh=mesh)
+
+    # --- Train.
+    t0 = time.perf_counter()
+    result = train.fit(
+        config, workdir, params=params, model_state=model_state, update=update,
+        train={"image": ds.train.images}, prepare=prepare, mesh=mesh, eval_fn=eval_fn,
+        progress=progress, model=model.spec, data_files=ds.files,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+
+    # --- Evaluate: test terms and reconstructions of the first 16 test images.
+    state = result.state
+    args = (state["params"], state["model_state"])
+    test = parallel.batch_means(eval_step, {"image": ds.test.images}, EVAL_BATCH, args=args)
+    if jax.process_index() != 0:
+        return test
+    trained = objectives.merge(eval_graphdef, parallel.to_host(state["params"]),
+                               parallel.to_host(state["model_state"]))  # fmt: skip
+    offset = 0.5 if dc.scale == "centered" else 0.0
+    x = eval_pre(jnp.asarray(ds.test.images[:16]))
+    recon = np.clip(trained.point(trained.decode(trained.encode(x)), jax.random.PRNGKey(0))[0]
+                    + offset, 0, 1)  # fmt: skip
+    png = plots.image_grid([x + offset, recon], workdir / "reconstructions.png")
+    history = result.history
+    summary = {
+        "model": model.spec,
+        "steps": int(state["step"]),
+        "resumed_from": result.resumed_from,
+        "devices": mesh.devices.size,
+        "backend": jax.default_backend(),
+        "train_loss_last": history[-1]["loss"] if history else None,
+        "test": test,
+        "fit_seconds": seconds,
+        "examples_per_s_last": history[-1]["examples_per_s"] if history else None,
+        "data_files": list(ds.files),
+        "reconstructions": png.name,
+    }
+    if "mse" in test:
+        summary["test_psnr_db"] = float(10 * np.log10(1.0 / test["mse"]))
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
+flags.DEFINE_string("workdir", None, "run folder (resumed if it holds checkpoints)")
+flags.DEFINE_string("data_dir", None, "folder with the dataset files (else the usual places)")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    parallel.initialize_distributed()
+    config = _CONFIG.value
+    f = flags.FLAGS
+    m = config.model
+    print(f"jaxae: {m.kind} {m.arch} {m.head} on {config.data.dataset}, "
+          f"{jax.device_count()} device(s) -> {f.workdir}", flush=True)  # fmt: skip
+    summary = train_and_evaluate(config, f.workdir, data_dir=f.data_dir, progress=f.progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "data_files"}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main, argv=sys.argv)

@@ -1,0 +1,85 @@
+"""The VPAE losses are the same, bit for bit, as before the model-interface reshape.
+
+tests/golden/vpae_losses.json was written at commit 078e026 by that commit's
+tests/golden/make_vpae_losses.py, with the code as it was before models, objectives and the
+trainer took their current shape: for every head at K=1, normal_identity at K=10 and the CNN's
+matrix_normal_identity at K=1, 20 Adam (1e-3) steps with seed 0 on the first 32 Fashion-MNIST
+training images (/ 255, one CPU device), recording each step's loss and the loss after the last.
+
+The losses are recomputed in a child process with one CPU device, as they were made: in this
+suite's four-device process XLA:CPU splits the CNN's convolutions differently and its loss
+drifts in the last bit from step 9 on (run `JAX_NUM_CPU_DEVICES=1 python -m tests.test_golden`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import optax
+import pytest
+
+from jaxae import data, models, objectives, parallel, train
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "vpae_losses.json").read_text())
+
+
+def _losses(arch, head, k, images):
+    model = models.build(models.vpae_spec(head, k, arch))
+    graphdef, params, state = objectives.split(model)
+    loss_fn = objectives.loss_fn(graphdef)
+    update = train.single(loss_fn, optax.adam(1e-3))
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    pre = data.Preprocess("unit")
+    step = train.make_train_step(update, mesh, prepare=lambda b, key: {"image": pre(b["image"])})
+    st = parallel.replicate(train.init_state(params, update, seed=0, model_state=state), mesh)
+    batch = parallel.shard_batch({"image": images}, mesh)
+    out = []
+    for _ in range(GOLDEN["steps"]):
+        st, metrics = step(st, batch)
+        out.append(float(metrics["loss"]))
+    _, loss_key = jax.random.split(jax.random.fold_in(st["key"], st["step"]))
+    terms, _ = loss_fn(st["params"], st["model_state"], {"image": pre(images)}, loss_key)
+    out.append(float(train.reduce_terms(terms)["loss"]))
+    return out
+
+
+def main():
+    """Print {case: [loss hex, ...]} for every golden case (one CPU device)."""
+    assert jax.device_count() == 1, "run with JAX_NUM_CPU_DEVICES=1"
+    images = data.load_raw("fashion_mnist", "train").images[: GOLDEN["batch"]]
+    out = {}
+    for case in sorted(GOLDEN["cases"]):
+        arch, rest = case.split("-", 1)
+        head, k = rest.rsplit("-k", 1)
+        out[case] = [v.hex() for v in _losses(arch, head, int(k), images)]
+    print(json.dumps(out))
+
+
+@pytest.fixture(scope="module")
+def recomputed():
+    try:
+        data.load_raw("fashion_mnist", "train")
+    except data.DatasetNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+    root = Path(__file__).parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.test_golden"], env=env, cwd=root, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN["cases"]))
+def test_losses_bit_for_bit(case, recomputed):
+    want = GOLDEN["cases"][case]["hex"]
+    got = recomputed[case]
+    assert got == want, (case, [float.fromhex(h) for h in got], GOLDEN["cases"][case]["loss"])
+
+
+if __name__ == "__main__":
+    main()
