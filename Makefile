@@ -33,7 +33,7 @@ fashion-mnist:
 	fi
 
 demo: venv fashion-mnist
-	$(PY) -m experiments.demo $(DEMO_ARGS)
+	$(PY) -m experiments.train --config experiments/configs/demo.py --workdir runs/demo $(DEMO_ARGS)
 
 test: venv fashion-mnist
 	$(PY) -m pytest -q tests

@@ -10,9 +10,10 @@ timings vary up to 1.6x between runs, so compare ratios within one run, never ac
   several calls). It is the reference of every ``ratio_to_matmul``.
 - ``matmul_mlp_shapes``: the five matmuls of one MLP train step (3 of them with transposed
   operands), in a `lax.scan` over an epoch's steps: the ceiling for the MLP's step at batch 128.
-- ``mlp_ae``: the 784-32-784 autoencoder (`nets.make_model('mlp', ...)`), batch 128, Adam 1e-3,
-  MSE, Fashion-MNIST (60k): one epoch (468 steps) per call of the scanned chunk, on-device uint8
-  data, ``prepare`` = `Preprocess('unit')` as in `experiments/demo.py`.
+- ``mlp_ae``: the 784-32-784 autoencoder (`models.Autoencoder` with the `mse` head, i.e.
+  `nets.MLPAutoencoder`), batch 128, Adam 1e-3, MSE, Fashion-MNIST (60k): one epoch (468
+  steps) per call of the scanned chunk, on-device uint8 data, ``prepare`` =
+  `Preprocess('unit')` as in `experiments/train.py` (`experiments/configs/demo.py`).
 - ``conv_ae``: the conv autoencoder, same settings; it is slow, so each call runs
   ``--conv-steps`` steps and ``s_per_epoch`` is extrapolated (``"extrapolated": true``).
 - ``heads``: every K=1 MLP likelihood head of the VPAE (`jaxae.heads`), ``--head-steps`` steps
@@ -61,9 +62,8 @@ import optax
 from flax import nnx
 
 from jaxae import data as jdata
-from jaxae import nets, objectives, parallel, train
-from jaxae.heads import HEADS, Head
-from jaxae.models import VPAE, CNNDecoder
+from jaxae import models, nets, objectives, parallel, train
+from jaxae.heads import HEADS
 
 TARGET_RATIO = 0.4  # the issue's target: MLP epoch at >= 40% of the matmul rate
 BATCH_SIZE = 128
@@ -216,38 +216,39 @@ def mlp_flops_per_step(b: int, d: int = 784, h: int = LATENT_DIM) -> dict[str, f
 
 
 def _setup(model_name: str, images: np.ndarray, mesh):
-    """Model, loss, optimizer, preprocessing and on-device data, as `experiments/demo.py`.
+    """Model state, update, preprocessing and on-device data, as `experiments/train.py`.
 
-    `model_name` is 'mlp' or 'conv' (autoencoders), or 'head:<name>' for the VPAE's MLP with
-    that likelihood head (K=1), trained on its negative log-likelihood.
+    `model_name` is 'mlp' or 'conv' (autoencoders: the `mse` head), 'head:<name>' for the
+    VPAE's MLP with that likelihood head (K=1), or 'cnn:<head>:<K>' / 'cnn-plain:<head>:<K>' for
+    the VPAE's CNN (ours / `PlainCNN`); each trained on its objective (`objectives.loss_fn`).
+    Returns ``(params, model_state, update, prepare, data)``.
     """
+    shape = images.shape[1:]
     if model_name.startswith("head:"):
-        model = VPAE(Head(model_name[5:], image_shape=images.shape[1:]), "mlp", seed=SEED)
-        graphdef, params = nnx.split(model, nnx.Param)
-        loss_fn = objectives.vpae_nll(graphdef)
+        spec = models.vpae_spec(model_name[5:], 1, "mlp", shape)
+        model = models.build({**spec, "seed": SEED})
     elif model_name.startswith("cnn"):  # cnn:<head>:<K> or cnn-plain:<head>:<K>
         kind, name, k = model_name.split(":")
-        head = Head(name, int(k), image_shape=images.shape[1:])
-        model = VPAE(head, "cnn", seed=SEED)
+        model = models.build({**models.vpae_spec(name, int(k), "cnn", shape), "seed": SEED})
         if kind == "cnn-plain":
+            head = model.head
             model.net = PlainCNN(head.image_shape, head.num_params, rngs=nnx.Rngs(params=SEED))
-        graphdef, params = nnx.split(model, nnx.Param)
-        loss_fn = objectives.vpae_nll(graphdef)
     else:
-        model = nets.make_model(model_name, images.shape[1:], LATENT_DIM, seed=SEED)
-        graphdef, params = nnx.split(model, nnx.Param)
-        loss_fn = objectives.autoencoder_mse(graphdef)
-    optimizer = optax.adam(LEARNING_RATE)
+        spec = {"kind": "ae", "arch": model_name, "head": "mse", "latent_dim": LATENT_DIM,
+                "image_shape": list(shape), "seed": SEED}  # fmt: skip
+        model = models.build(spec)
+    graphdef, params, model_state = objectives.split(model, train=True)
+    update = train.single(objectives.loss_fn(graphdef), optax.adam(LEARNING_RATE))
     pre = jdata.Preprocess(scale="unit")
 
     def prepare(batch, key):
         return {**batch, "image": pre(batch["image"], key)}
 
     data = parallel.replicate({"image": images}, mesh)
-    return params, loss_fn, optimizer, prepare, data
+    return params, model_state, update, prepare, data
 
 
-class PlainCNN(CNNDecoder):
+class PlainCNN(nets.VPAECNN):
     """The VPAE CNN written plainly (the vpae_cnn case's reference): patches @ kernel for both
     convolutions, ReLU at full resolution, then the max-pool by reshape and max."""
 
@@ -257,11 +258,11 @@ class PlainCNN(CNNDecoder):
         b, hh, ww, c = h.shape
         return h.reshape(b, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
 
-    def __call__(self, x):
+    def decode(self, z):
         conv = self.conv2
-        h = nets.conv2d_same(self.encode(x), conv.kernel[...], taps="input") + conv.bias[...]
+        h = nets.conv2d_same(z, conv.kernel[...], taps="input") + conv.bias[...]
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        return h.reshape(h.shape[0], -1)[:, : self.num_params]
+        return h.reshape(h.shape[0], -1)[:, : self.out_features]
 
 
 def vpae_cnn_case(images, args, mesh) -> list[dict]:
@@ -317,15 +318,15 @@ def time_training(
     model_name: str, images: np.ndarray, steps: int | None, repeats: int, mesh, xla_count=True
 ) -> dict:
     """Time `make_train_chunk` calls of `steps` steps (None: a whole epoch) on `images`."""
-    params, loss_fn, optimizer, prepare, data = _setup(model_name, images, mesh)
+    params, model_state, update, prepare, data = _setup(model_name, images, mesh)
     num_examples = images.shape[0]
     steps_per_epoch = num_examples // BATCH_SIZE
     steps = min(steps or steps_per_epoch, steps_per_epoch)
     key = train.data_key(SEED)
     perms = [train.epoch_permutation(key, e, num_examples) for e in range(repeats + 1)]
-    state = parallel.replicate(train.init_state(params, optimizer, SEED), mesh)
+    state = parallel.replicate(train.init_state(params, update, SEED, model_state), mesh)
     jax.block_until_ready((perms, state, data))
-    chunk = train.make_train_chunk(loss_fn, optimizer, BATCH_SIZE, mesh, prepare)
+    chunk = train.make_train_chunk(update, BATCH_SIZE, mesh, prepare)
 
     # First call: trace + compile (ahead of time, so the same executable is timed) + one run.
     t0 = time.perf_counter()
@@ -362,7 +363,9 @@ def time_training(
     }
     if xla_count:
         # XLA's count for one step; the chunk's own count shows that a while body counts once.
-        step_fn = train.make_train_step(loss_fn, optimizer, mesh, prepare)
+        # `make_train_step` wraps its jitted step in a host-side pixel check (a no-op for these
+        # uint8 batches), which has no `.lower`: jit the wrapper to count the step inside.
+        step_fn = jax.jit(train.make_train_step(update, mesh, prepare))
         batch = parallel.shard_batch({"image": images[:BATCH_SIZE]}, mesh)
         out["gflop_per_step_xla"] = _xla_flops(step_fn.lower(state, batch).compile()) / 1e9
         out["gflop_per_call_xla_chunk"] = _xla_flops(compiled) / 1e9

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from jaxae import config as jconfig
 from jaxae import data as jdata
 from jaxae import models, objectives, parallel, plots, train
+from jaxae.checkpoint import CheckpointError
 
 EVAL_BATCH = 500
 
@@ -126,7 +127,10 @@ def main(argv):
     m = config.model
     print(f"jaxae: {m.kind} {m.arch} {m.head} on {config.data.dataset}, "
           f"{jax.device_count()} device(s) -> {f.workdir}", flush=True)  # fmt: skip
-    summary = train_and_evaluate(config, f.workdir, data_dir=f.data_dir, progress=f.progress)
+    try:
+        summary = train_and_evaluate(config, f.workdir, data_dir=f.data_dir, progress=f.progress)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:  # bad input: say what, briefly
+        sys.exit(f"error: {e}")
     print(json.dumps({k: v for k, v in summary.items() if k != "data_files"}, indent=2))
 
 

@@ -23,16 +23,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
+from jaxae import checkpoint, objectives, parallel, train
 from jaxae import data as jdata
-from jaxae import evaluate, objectives, parallel, train
+
+# The kinds of model of the VPAE paper's tables (`models.vpae_spec`); 'vpae': descriptions
+# written by earlier releases.
+VPAE_KINDS = ("ae", "maf", "vae", "vpae")
 
 
 def _factor_probe(model, x) -> dict:
     """Smallest factor diagonal and largest whitened residual of a K=1 Normal/t head."""
-    dist = model.likelihood(model(x)[0])
+    dist = model.likelihood(model.decode(model.encode(x)))
     head = model.head
     if head.k != 1 or not head.mixable or head.scale == "identity":
         return {}
@@ -50,53 +52,66 @@ def replay(
     """Yield one metrics dict per replayed step of the VPAE run in `run_dir`.
 
     Args:
-      run_dir: a run folder of `experiments.vpae_table` (``<run>/checkpoints``).
+      run_dir: a run folder of `experiments.vpae_table` (``<run>/checkpoints``), in the
+        checkpoint format of this release or an earlier one.
       images: the run's training images, uint8 [N, H, W, C] with the run's N (default: the
         whole training split of the run's dataset, from `data_dir`).
       steps: stop after this many steps (default: at the end of the run's epochs).
     """
-    restored = evaluate.restore(run_dir)
+    run_dir = Path(run_dir)
+    restored = checkpoint.restore_params(run_dir)  # the model, its config and description
     config, spec = restored.config, restored.spec
-    if spec["kind"] != "vpae":
-        raise ValueError(f"{run_dir} is a {spec['kind']!r} run; the replay knows VPAE runs only")
+    dc, tc = config.data, config.training
+    if spec.get("kind") not in VPAE_KINDS:
+        raise ValueError(
+            f"{run_dir} is a {spec.get('kind')!r} run; the replay knows VPAE runs only"
+        )
     if images is None:
-        images = jdata.load(config.dataset, data_dir=data_dir).train.images
+        images = jdata.load(dc.dataset, data_dir=data_dir, pad_to_32=dc.pad_to_32,
+                            val_size=dc.val_size, seed=tc.seed).train.images  # fmt: skip
     trained_on = restored.meta["data"]["num_examples"]
     if len(images) != trained_on:
         raise ValueError(
             f"{run_dir} trained on {trained_on} images and the replay got {len(images)}: "
             "the batches would differ (pass the run's own training images)"
         )
-    graphdef, _ = nnx.split(restored.model, nnx.Param)
-    steps_per_epoch = len(images) // config.batch_size
+    steps_per_epoch = len(images) // tc.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(images)} images are fewer than one batch of {config.batch_size}")
-    pre = jdata.Preprocess(config.scale, config.dequantize)
-    step_fn = train.make_train_step(
-        objectives.vpae_nll(graphdef),
-        optax.adam(config.learning_rate),
-        prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
-    )
+        raise ValueError(f"{len(images)} images are fewer than one batch of {tc.batch_size}")
+    graphdef, params, model_state = objectives.split(restored.model, train=True)
+    pre = jdata.Preprocess(dc.scale, dc.dequantize)
+    # The run's own update: its loss and its optimizer (Adam, with the run's schedule if any).
+    optimizer = train.make_optimizer(config.optimizer, steps_per_epoch)
+    update = train.single(objectives.loss_fn(graphdef), optimizer)
+
+    # The last checkpoint with its Adam state (earlier releases' single `state` item as well).
+    template = jax.tree.map(jnp.asarray, train.init_state(params, update, 0, model_state))
+    with checkpoint.Checkpointer(run_dir / "checkpoints", save_every=1) as ckpt:
+        state, _ = ckpt.restore(restored.step, template)
+
     mesh = parallel.data_mesh()
+    step_fn = train.make_train_step(
+        update, mesh, prepare=lambda b, key: {**b, "image": pre(b["image"], key)}
+    )
 
     @jax.jit
-    def probe(params, raw_images):
-        model = nnx.merge(graphdef, params)
+    def probe(params, model_state, raw_images):
+        model = objectives.merge(graphdef, params, model_state)
         x = pre(raw_images, jax.random.PRNGKey(0))
-        nll = objectives.vpae_nll(graphdef)(params, {"image": x}, jax.random.PRNGKey(0))["loss"]
+        nll = objectives.terms(model, x, jax.random.PRNGKey(0))["loss"]
         return {"max_nll": nll.max(), **_factor_probe(model, x)}
 
-    state = parallel.replicate(restored.state, mesh)
-    key = train.data_key(config.seed)
-    total = config.epochs * steps_per_epoch
+    state = parallel.replicate(state, mesh)
+    key = train.data_key(tc.seed)
+    total = tc.epochs * steps_per_epoch
     step = int(restored.step)
     last = total if steps is None else min(total, step + steps)
     while step < last:
         epoch, offset = divmod(step, steps_per_epoch)
         perm = np.asarray(train.epoch_permutation(key, epoch, len(images)))
-        idx = perm[offset * config.batch_size : (offset + 1) * config.batch_size]
+        idx = perm[offset * tc.batch_size : (offset + 1) * tc.batch_size]
         batch = images[idx]
-        probed = probe(state["params"], jnp.asarray(batch))
+        probed = probe(state["params"], state["model_state"], jnp.asarray(batch))
         state, metrics = step_fn(state, parallel.shard_batch({"image": batch}, mesh))
         step += 1
         line = {"step": step, **{k: float(v) for k, v in {**metrics, **probed}.items()}}
@@ -106,7 +121,10 @@ def replay(
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("run", help="run folder, e.g. runs/vpae/mnist-mlp-normal_full-k1-s0")
     p.add_argument("--steps", type=int, default=None, help="replay at most this many steps")
     p.add_argument("--data-dir", default=None, help="the data folder (see jaxae.data)")

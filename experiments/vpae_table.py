@@ -2,14 +2,28 @@
 
 Command (full grid; resumable: finished rows are read back from the CSV and skipped):
     python -m experiments.vpae_table --datasets fashion_mnist,mnist
-Quick check (a few heads, 1 epoch on 2,048 images; what the test suite runs):
+writes under runs/vpae_table; the committed tables are made with `--out experiments/results`.
+Quick check (a few heads, 1 epoch on 2,048 images; written under runs/vpae_table_quick unless
+--out says otherwise):
     python -m experiments.vpae_table --quick --out /tmp/vpae_quick
 
 Grid: every valid head x K in {1, 10} x {MLP, CNN (matrix heads only)} x dataset. Paper
-settings: 20 epochs, batch 128, Adam (TF defaults: lr 1e-3), pixels / 255 in [0, 1]. Heads that
-the paper marks out of memory (K=10 with a full covariance) are listed as rejected with the
-memory they would need; mse, maf and vae have no mixture. A run whose loss goes non-finite is
-restarted with the next seed (the paper: "if the result is nan, other runs are executed").
+settings: 20 epochs, batch 128, Adam (TF defaults: lr 1e-3), pixels / 255 in [0, 1], the whole
+training set, L2 on the first 1000 test images and the NLL on the whole test set. Each row is
+trained through the same config as `experiments/train.py` (`experiments/configs/vpae.py`).
+Heads that the paper marks out of memory (K=10 with a full covariance) are listed as rejected
+with the memory they would need; mse, maf and vae have no mixture. A run whose loss goes
+non-finite is restarted with the next seed (the paper: "if the result is nan, other runs are
+executed"), at most 3 runs.
+
+A row is identified by every setting that changes it: dataset, arch, head, K, epochs, batch
+size, the seed asked for (`first_seed`; `seed` is the seed of the run that finished), training
+examples, eval images and NLL images. A row already in the CSV is skipped only if all of them
+match; rows written before the batch_size / nll_images / first_seed columns existed are read as
+batch 128, the whole test set, and a first seed up to 2 below their seed. Run folders under
+--runs are `{dataset}-{arch}-{head}-k{K}-s{seed}` at the paper's training settings, with
+`-e{epochs}`, `-b{batch}` and `-n{examples}` appended for each one that differs (figures
+likewise), so runs of different settings never resume each other's checkpoints.
 
 Columns: params; s/epoch (median over epochs after the first, which includes compilation; ours
 on this machine's CPU, the paper's on a GTX 1060); L2 = mean per-pixel squared error x 100 of the
@@ -29,19 +43,21 @@ import csv
 import fcntl
 import json
 import math
+import statistics
+import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+import optax
 
+from experiments.configs import vpae as vpae_config
 from jaxae import data as jdata
-from jaxae import evaluate, metrics, objectives, parallel, plots, train
-from jaxae.config import TrainConfig
-from jaxae.heads import HEADS, Head
-from jaxae.models import ARCHS, VPAE
+from jaxae import evaluate, metrics, models, nets, objectives, parallel, plots, train
+from jaxae.heads import HEADS
 
 # The paper's Table 1 (MLP): (head, K) -> (MNIST L2, F-MNIST L2, params, MNIST s/epoch,
 # F-MNIST s/epoch). L2 is mean squared error x 100 on 1000 test images.
@@ -92,7 +108,105 @@ FIELDS = [
     "dataset", "arch", "head", "K", "status", "params", "paper_params", "s_per_epoch",
     "paper_s_per_epoch", "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "epochs", "seed",
     "train_examples", "eval_images", "fid_recon", "fid_prior", "fid_gaussian", "fid_images",
+    "batch_size", "nll_images", "first_seed",
 ]  # fmt: skip
+LEARNING_RATE = 1e-3
+ATTEMPTS = 3  # runs (seeds) tried before a row is given up as non-finite
+EVAL_BATCH = 100
+# The paper's settings; the training set and the NLL's test set are whole at the paper's.
+PAPER_EPOCHS, PAPER_BATCH, PAPER_EVAL_IMAGES = 20, 128, 1000
+# What identifies a row besides (dataset, arch, head, K), in key order.
+SETTINGS = ("epochs", "batch_size", "first_seed", "train_examples", "eval_images", "nll_images")
+DEFAULT_OUT, QUICK_OUT = "runs/vpae_table", "runs/vpae_table_quick"
+
+
+class Sizes(NamedTuple):
+    """How many training and test images a dataset has (what "the whole set" means)."""
+
+    train: int
+    test: int
+
+    @classmethod
+    def of(cls, ds) -> Sizes:
+        return cls(len(ds.train.images), len(ds.test.images))
+
+
+def requested(args, sizes: Sizes) -> dict:
+    """The settings of this invocation, as effective counts ({name: int} over `SETTINGS`)."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "first_seed": args.seed,
+        "train_examples": min(args.train_examples or sizes.train, sizes.train),
+        "eval_images": min(args.eval_images, sizes.test),
+        "nll_images": min(args.nll_images or sizes.test, sizes.test),
+    }
+
+
+def row_settings(row: dict, sizes: Sizes, seed: int | None = None) -> dict:
+    """The settings a CSV row was made with; blanks (rows written before a column existed, or
+    failed rows of earlier releases) are the paper's settings.
+
+    Without `first_seed`, the row's `seed` is that of the run that finished, which restarted from
+    up to ``ATTEMPTS - 1`` seeds below: it is read as made for `seed` (this invocation's
+    --seed) if `seed` lies in that range, else as made for its own seed.
+    """
+
+    def get(name, default):
+        value = row.get(name)
+        return default if value in (None, "") else int(value)
+
+    ran = get("seed", None)
+    first = get("first_seed", None)
+    if first is None:
+        first = ran if ran is not None else seed
+        if seed is not None and ran is not None and seed <= ran < seed + ATTEMPTS:
+            first = seed
+    return {
+        "epochs": get("epochs", PAPER_EPOCHS),
+        "batch_size": get("batch_size", PAPER_BATCH),
+        "first_seed": 0 if first is None else first,
+        "train_examples": get("train_examples", sizes.train),
+        "eval_images": get("eval_images", min(PAPER_EVAL_IMAGES, sizes.test)),
+        "nll_images": get("nll_images", sizes.test),
+    }
+
+
+def cell_key(dataset: str, arch: str, head: str, k, settings: dict) -> tuple:
+    """The identity of a row: its cell of the grid and every setting that changes its result."""
+    return (dataset, arch, head, int(k), *(int(settings[s]) for s in SETTINGS))
+
+
+def row_key(row: dict, sizes: Sizes, seed: int | None = None) -> tuple:
+    return cell_key(
+        row["dataset"], row["arch"], row["head"], row["K"], row_settings(row, sizes, seed)
+    )
+
+
+def suffix(settings: dict, sizes: Sizes) -> str:
+    """``-e{epochs}-b{batch}-n{examples}``, each part only where it differs from the paper's
+    training settings ('' at the paper's): what tells run folders and figures apart."""
+    parts = []
+    if int(settings["epochs"]) != PAPER_EPOCHS:
+        parts.append(f"e{settings['epochs']}")
+    if int(settings["batch_size"]) != PAPER_BATCH:
+        parts.append(f"b{settings['batch_size']}")
+    if int(settings["train_examples"]) != sizes.train:
+        parts.append(f"n{settings['train_examples']}")
+    return "".join(f"-{p}" for p in parts)
+
+
+def run_name(dataset, arch, head, k, seed, settings: dict, sizes: Sizes) -> str:
+    """The run folder of one training run under --runs: ``{dataset}-{arch}-{head}-k{K}-s{seed}``
+    at the paper's training settings (the folders of earlier releases), plus `suffix`."""
+    return f"{dataset}-{arch}-{head}-k{k}-s{seed}{suffix(settings, sizes)}"
+
+
+def figure_tag(dataset, arch, head, k, settings: dict, sizes: Sizes) -> str:
+    """The figures' name prefix: the cell, plus `suffix` and ``-seed{N}`` for a first seed != 0."""
+    first = int(settings["first_seed"])
+    seed = f"-seed{first}" if first else ""
+    return f"{dataset}-{arch}-{head}-k{k}{suffix(settings, sizes)}{seed}"
 
 
 def grid(datasets, archs, heads, ks):
@@ -120,95 +234,142 @@ def paper_row(dataset, arch, name, k):
     }
 
 
-def run_one(ds, dataset, arch, name, k, args, mesh, figures: Path) -> dict:
+def row_config(dataset: str, arch: str, name: str, k: int, settings: dict, seed: int):
+    """The row's `jaxae.config`: `experiments/configs/vpae.py` (what `experiments/train.py`
+    trains with ``--config experiments/configs/vpae.py:HEAD,K,ARCH``) with the row's settings."""
+    config = vpae_config.get_config(f"{name},{k},{arch}")
+    config.data.dataset = dataset
+    config.optimizer.learning_rate = LEARNING_RATE
+    config.training.epochs = int(settings["epochs"])
+    config.training.batch_size = int(settings["batch_size"])
+    config.training.seed = seed
+    return config
+
+
+def seconds_per_epoch(workdir: Path) -> float:
+    """Median seconds per epoch over the run's log (`metrics.jsonl`), after the first epoch
+    (which includes compilation); read from the log so that a resumed or finished run counts
+    the epochs trained before too."""
+    log = workdir / "metrics.jsonl"
+    per_epoch: dict[int, float] = {}
+    if log.exists():
+        for text in log.read_text().splitlines():
+            if text.strip():
+                line = json.loads(text)
+                epoch = math.ceil(line["epoch"] - 1e-9)
+                per_epoch[epoch] = per_epoch.get(epoch, 0.0) + line["seconds"]
+    secs = [per_epoch[e] for e in sorted(per_epoch)]
+    return float(statistics.median(secs[1:])) if len(secs) > 1 else float("nan")
+
+
+def eval_batch(mesh) -> int:
+    """`EVAL_BATCH`, rounded up to a multiple of the device count."""
+    n = mesh.devices.size
+    return -(-EVAL_BATCH // n) * n
+
+
+def is_density(model, x) -> bool:
+    """Whether the model's likelihood is a density (the mse head's `SquaredError` is not: no
+    NLL, and its 'samples' would be the point itself)."""
+    return bool(getattr(model.likelihood(model.decode(model.encode(x[:1]))), "is_density", True))
+
+
+def run_one(ds, dataset, arch, name, k, settings, sizes, args, mesh, figures: Path) -> dict:
     row = {
         "dataset": dataset,
         "arch": arch,
         "head": name,
         "K": k,
         **paper_row(dataset, arch, name, k),
+        **settings,
     }
-    try:
-        head = Head(name, k=k, image_shape=ds.train.images.shape[1:], force=args.force)
-    except MemoryError as e:
-        return {**row, "status": f"rejected: {str(e).split(';')[0]}"}
     pre = jdata.Preprocess("unit")
-    train_images = ds.train.images[: args.train_examples or None]
-    eval_images = ds.test.images[: args.eval_images]
-    for attempt in range(3):
-        seed = args.seed + attempt
-        model = VPAE(head, arch, seed=seed)
-        graphdef, params = nnx.split(model, nnx.Param)
-        n_params = sum(p.size for p in jax.tree.leaves(params))
-        config = TrainConfig(
-            dataset=dataset, model=arch, head=name, mixture_k=k, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=1e-3, seed=seed,
-        )  # fmt: skip
-        workdir = Path(args.runs) / f"{dataset}-{arch}-{name}-k{k}-s{seed}"
+    image_shape = ds.train.images.shape[1:]
+    train_images = ds.train.images[: settings["train_examples"]]
+    eval_images = ds.test.images[: settings["eval_images"]]
+
+    def prepare(batch, key):
+        return {**batch, "image": pre(batch["image"], key)}
+
+    for attempt in range(ATTEMPTS):
+        seed = settings["first_seed"] + attempt
+        spec = {**models.vpae_spec(name, k, arch, image_shape), "seed": seed}
+        try:
+            model = models.build(spec, force=args.force)
+        except MemoryError as e:
+            return {**row, "status": f"rejected: {str(e).split(';')[0]}"}
+        graphdef, params, model_state = objectives.split(model, train=True)
+        eval_graphdef = objectives.split(model, train=False)[0]
+        n_params = models.num_params(model)
+        config = row_config(dataset, arch, name, k, settings, seed)
+        update = train.single(objectives.loss_fn(graphdef), optax.adam(LEARNING_RATE))
+        workdir = Path(args.runs) / run_name(dataset, arch, name, k, seed, settings, sizes)
         try:
             result = train.fit(
-                config, workdir, params=params, loss_fn=objectives.vpae_nll(graphdef),
-                train={"image": train_images},
-                prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
-                mesh=mesh, progress=not args.no_progress, model=model.spec,
+                config, workdir, params=params, model_state=model_state, update=update,
+                train={"image": train_images}, prepare=prepare, mesh=mesh,
+                progress=not args.no_progress, model=model.spec, data_files=ds.files,
             )  # fmt: skip
             break
         except train.NonFiniteLossError as e:
             print(f"  {name} K={k}: {e}; restarting with seed {seed + 1}")
     else:
-        return {**row, "status": "non-finite loss in 3 runs", "params": n_params}
+        return {**row, "status": f"non-finite loss in {ATTEMPTS} runs", "params": n_params}
 
-    params = parallel.to_host(result.state["params"])
-    model = nnx.merge(graphdef, params)
-    secs = [line["seconds"] for line in result.history]
-    s_per_epoch = float(np.median(secs[1:])) if len(secs) > 1 else float("nan")
+    state = result.state
+    model = objectives.merge(
+        eval_graphdef, parallel.to_host(state["params"]), parallel.to_host(state["model_state"])
+    )
 
     # L2 and PSNR on the first eval images; the NLL on the whole test set.
-    recon_fn = jax.jit(lambda x, key: model.reconstruct(x, key))
     x_eval = np.asarray(pre(jnp.asarray(eval_images)))
-    recon = np.concatenate(
-        [
-            np.asarray(recon_fn(x_eval[i : i + 100], jax.random.PRNGKey(i))[0])
-            for i in range(0, len(x_eval), 100)
-        ]
-    )
+
+    def recon_fn(batch):  # the MAF's sampled point: the key of batch i is PRNGKey(its start)
+        return model.reconstruct(batch["image"], jax.random.PRNGKey(batch["start"][0]))[0]
+
+    step = parallel.data_parallel(recon_fn, mesh, batch_argnums=(0,), donate_argnums=())
+    b = eval_batch(mesh)
+    batches = {"image": x_eval, "start": np.arange(len(x_eval)) // b * b}
+    recon = parallel.map_batches(step, batches, b, mesh=mesh)
     mse = float(np.mean((recon - x_eval) ** 2))
     nll = float("nan")
-    if name != "mse":
-        loss_fn = objectives.vpae_nll(graphdef)
+    if is_density(model, x_eval):
+        loss_fn = objectives.loss_fn(eval_graphdef)
         key = jax.random.PRNGKey(1)
 
-        def nll_fn(p, b):
-            return {"nll": loss_fn(p, {"image": pre(b["image"])}, key)["loss"]}
+        def nll_terms(params, model_state, batch):
+            image = pre(batch["image"])
+            return {"nll": loss_fn(params, model_state, {"image": image}, key)[0]["loss"]}
 
-        test = ds.test.images[: args.nll_images or None]
-        nll = train.evaluate(nll_fn, result.state["params"], {"image": test}, 100, mesh)["nll"]
+        step = parallel.data_parallel(nll_terms, mesh, batch_argnums=(2,), donate_argnums=())
+        test = {"image": ds.test.images[: settings["nll_images"]]}
+        args_ = (state["params"], state["model_state"])
+        nll = parallel.batch_means(step, test, eval_batch(mesh), args=args_, mesh=mesh)["nll"]
 
-    draw_figures(model, x_eval, f"{dataset}-{arch}-{name}-k{k}", figures)
+    tag = figure_tag(dataset, arch, name, k, settings, sizes)
+    draw_figures(model, x_eval, tag, figures)
 
     return {
         **row,
         "status": "ok",
         "params": n_params,
-        "s_per_epoch": round(s_per_epoch, 3),
+        "s_per_epoch": round(seconds_per_epoch(workdir), 3),
         "L2": round(100 * mse, 3),
         "PSNR_dB": round(10 * math.log10(1 / mse), 2),
         "test_nll_nats": round(nll, 1) if nll == nll else "",
-        "epochs": args.epochs,
         "seed": seed,
-        "train_examples": len(train_images),
-        "eval_images": len(eval_images),
     }
 
 
-def draw_figures(model: VPAE, x_eval: np.ndarray, tag: str, figures: Path) -> None:
+def draw_figures(model, x_eval: np.ndarray, tag: str, figures: Path) -> None:
     """The paper's figures of one row, from its model and the test images x_eval (in [0, 1]).
 
     Figures 1-2 (``<tag>-recon.png``): input / reconstruction / per-pixel variance. Each
     variance image is scaled by its own maximum, written under it; "undefined" where the head
     has no variance (mse; a t head with df <= 2). Figure 4 (``-components.png``, mixtures):
     each component's image and its mixture log-density. Figure 3 (``-samples.png``, MLP):
-    decoded N(0, I) codes, and draws from the distribution given an input.
+    decoded N(0, I) codes, and draws from the distribution given an input (none for mse, whose
+    'distribution' is a point).
     """
     head, x = model.head, jnp.asarray(x_eval[:8])
     recon, var = map(np.asarray, jax.jit(model.reconstruct)(x, jax.random.PRNGKey(0)))
@@ -222,11 +383,12 @@ def draw_figures(model: VPAE, x_eval: np.ndarray, tag: str, figures: Path) -> No
         rows = [np.concatenate([x_eval[i : i + 1], np.asarray(comps[i])]) for i in range(4)]
         captions = [[""] + [f"{v:.0f}" for v in np.asarray(logp[i])] for i in range(4)]
         plots.image_grid(rows, figures / f"{tag}-components.png", captions=captions)
-    if model.arch == "mlp":  # Figure 3: decoded prior codes; draws given an input
-        z = jax.random.normal(jax.random.PRNGKey(7), (8, 32))
+    if model.spec.get("arch", "mlp") == "mlp":  # Figure 3: decoded prior codes; draws given x
+        z = jax.random.normal(jax.random.PRNGKey(7), (8, model.latent_dim))
         rows = [np.asarray(jax.jit(model.decode_code)(z, jax.random.PRNGKey(8))[0])]
-        if head.name != "mse":
-            draws = model.likelihood(model(x)[0]).sample(seed=jax.random.PRNGKey(9))
+        dist = model.likelihood(model.decode(model.encode(x)))
+        if getattr(dist, "is_density", True):
+            draws = dist.sample(seed=jax.random.PRNGKey(9))
             rows.append(np.clip(np.asarray(head.to_image(draws)), 0, 1))
         plots.image_grid(rows, figures / f"{tag}-samples.png")
 
@@ -245,24 +407,34 @@ def variance_panel(var: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), captions
 
 
-def redraw(row: dict, ds, args, figures: Path) -> None:
+def row_run(row: dict, sizes: Sizes, args) -> Path:
+    """The run folder of a finished row (its `seed` is the run that finished)."""
+    settings = row_settings(row, sizes, args.seed)
+    name = run_name(row["dataset"], row["arch"], row["head"], row["K"], row["seed"], settings,
+                    sizes)  # fmt: skip
+    return Path(args.runs) / name
+
+
+def redraw(row: dict, ds, sizes: Sizes, args, figures: Path) -> None:
     """`draw_figures` of a finished row, from the newest checkpoint of its run folder."""
-    tag = f"{row['dataset']}-{row['arch']}-{row['head']}-k{row['K']}"
+    settings = row_settings(row, sizes, args.seed)
+    tag = figure_tag(row["dataset"], row["arch"], row["head"], row["K"], settings, sizes)
     print(f"== redraw {tag}", flush=True)
-    model = evaluate.restore(Path(args.runs) / f"{tag}-s{row['seed']}").model
+    model = evaluate.restore(row_run(row, sizes, args)).model
     draw_figures(model, np.asarray(jdata.Preprocess("unit")(ds.test.images[:8])), tag, figures)
 
 
-def read_rows(out: Path, dataset: str) -> dict:
-    """The finished rows of `vpae_<dataset>.csv`, keyed by (dataset, arch, head, K)."""
+def read_rows(out: Path, dataset: str, sizes: Sizes, seed: int | None = None) -> dict:
+    """The rows of `vpae_<dataset>.csv`, keyed by `row_key` (`seed`: this invocation's --seed,
+    to read rows written before the `first_seed` column, see `row_settings`)."""
     path = out / f"vpae_{dataset}.csv"
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        return {(r["dataset"], r["arch"], r["head"], int(r["K"])): r for r in csv.DictReader(f)}
+        return {row_key(r, sizes, seed): r for r in csv.DictReader(f)}
 
 
-def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
+def save_rows(mine: dict, out: Path, dataset: str, sizes: Sizes, args) -> dict:
     """Merge this process's rows into the file's, under a lock, and rewrite the tables.
 
     Grid processes on different cores (e.g. `--archs mlp` and `--archs cnn`) share one results
@@ -270,18 +442,20 @@ def save_rows(mine: dict, out: Path, dataset: str, args) -> dict:
     """
     with open(out / f".vpae_{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = read_rows(out, dataset)
-        rows.update({cell: r for cell, r in mine.items() if cell[0] == dataset})
-        write_tables(list(rows.values()), out, dataset, args)
+        rows = read_rows(out, dataset, sizes, getattr(args, "seed", None))
+        rows.update({key: r for key, r in mine.items() if key[0] == dataset})
+        write_tables(list(rows.values()), out, dataset, sizes, args)
     return rows
 
 
 def table_order(row: dict) -> tuple:
-    """The papers' row order: the architecture in `ARCHS` order (MLP before CNN), K, then head."""
-    return ARCHS.index(row["arch"]), int(row["K"]), HEADS.index(row["head"])
+    """The papers' row order: the architecture in `nets.ARCHS` order (MLP before CNN), K, then
+    head (rows of other settings after, by setting)."""
+    settings = tuple(int(row[s]) if row.get(s) not in (None, "") else -1 for s in SETTINGS)
+    return list(nets.ARCHS).index(row["arch"]), int(row["K"]), HEADS.index(row["head"]), settings
 
 
-def write_tables(rows, out: Path, dataset: str, args) -> None:
+def write_tables(rows, out: Path, dataset: str, sizes: Sizes, args) -> None:
     rows = sorted((r for r in rows if r["dataset"] == dataset), key=table_order)
     tmp = out / f".vpae_{dataset}.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -289,18 +463,25 @@ def write_tables(rows, out: Path, dataset: str, args) -> None:
         w.writeheader()
         w.writerows(rows)
     tmp.replace(out / f"vpae_{dataset}.csv")
-    cols = ["arch", "head", "K", "params", "paper_params", "s_per_epoch", "paper_s_per_epoch",
-            "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "fid_recon", "fid_prior",
-            "fid_gaussian", "status"]  # fmt: skip
+    # The settings, stated once when every row shares them, else as columns.
+    made = [row_settings(r, sizes, getattr(args, "seed", None)) for r in rows]
+    varying = [s for s in SETTINGS if len({m[s] for m in made}) > 1]
+    common = made[0] if made else dict.fromkeys(SETTINGS, "?")
+    cols = ["arch", "head", "K", *varying, "params", "paper_params", "s_per_epoch",
+            "paper_s_per_epoch", "L2", "paper_L2", "PSNR_dB", "test_nll_nats", "fid_recon",
+            "fid_prior", "fid_gaussian", "status"]  # fmt: skip
     fid_counts = sorted({int(r["fid_images"]) for r in rows if r.get("fid_images")})
+    epochs = "per row" if "epochs" in varying else common["epochs"]
+    batch = "per row" if "batch_size" in varying else common["batch_size"]
+    n_eval = "per row (eval_images)" if "eval_images" in varying else common["eval_images"]
     lines = [
         f"# VPAE Table 1/2 on {dataset}: ours beside the paper's",
         "",
-        f"Command: `python -m experiments.vpae_table {args.command_line}`. Ours: {args.epochs} "
-        f"epochs, batch {args.batch_size}, Adam 1e-3, {jax.default_backend().upper()} "
+        f"Command: `python -m experiments.vpae_table {args.command_line}`. Ours: {epochs} "
+        f"epochs, batch {batch}, Adam 1e-3, {jax.default_backend().upper()} "
         f"({jax.device_count()} device(s)); s/epoch is ours on this machine vs the paper's GTX "
         "1060. L2 = mean squared error x 100 of the clipped reconstruction of the first "
-        f"{rows[0]['eval_images'] if rows else '?'} test images; PSNR of that error; test NLL in "
+        f"{n_eval} test images; PSNR of that error; test NLL in "
         "nats per image (VAE: negative ELBO). FID (`jaxae.evaluate`) of the reconstructions of "
         "the test images, and of decoded codes drawn from N(0, I) (prior) and from a Gaussian "
         "fitted to the training codes (gaussian); the CNN has no code.",
@@ -314,28 +495,50 @@ def write_tables(rows, out: Path, dataset: str, args) -> None:
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join(str(m[c] if c in varying else r.get(c, "")) for c in cols) + " |"
+        for r, m in zip(rows, made, strict=True)
+    ]
     (out / f"vpae_{dataset}.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--datasets", default="fashion_mnist,mnist")
-    p.add_argument("--archs", default="mlp,cnn")
-    p.add_argument("--heads", default=",".join(HEADS))
-    p.add_argument("--ks", default="1,10")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default (none where it is None:
+    its help says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--datasets", default="fashion_mnist,mnist", help="comma-separated")
+    p.add_argument("--archs", default="mlp,cnn", help="comma-separated: mlp, cnn")
+    p.add_argument("--heads", default=",".join(HEADS), help="comma-separated")
+    p.add_argument("--ks", default="1,10", help="mixture sizes K, comma-separated")
+    p.add_argument("--epochs", type=int, default=PAPER_EPOCHS, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=PAPER_BATCH, help="global batch size")
+    p.add_argument("--seed", type=int, default=0, help="first seed (+1 per non-finite restart)")
     p.add_argument("--train-examples", type=int, default=0, help="0: the whole training set")
-    p.add_argument("--eval-images", type=int, default=1000)
+    p.add_argument("--eval-images", type=int, default=PAPER_EVAL_IMAGES,
+                   help="first test images of the L2 column")  # fmt: skip
     p.add_argument("--nll-images", type=int, default=0, help="0: the whole test set")
     p.add_argument("--force", action="store_true", help="build heads the paper marks OOM")
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--runs", default="runs/vpae")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--quick", action="store_true", help="a small subset, for CI-sized checks")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--out", default=None,
+        help=f"folder of the tables and figures (default: {DEFAULT_OUT}; with --quick "
+        f"{QUICK_OUT}); the committed tables: --out experiments/results",
+    )  # fmt: skip
+    p.add_argument("--runs", default="runs/vpae", help="folder of the run folders")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: see jaxae.data)")
+    p.add_argument(
+        "--quick", action="store_true",
+        help="a small subset, for CI-sized checks: fashion_mnist, mlp, K in 1,2, heads "
+        f"{','.join(QUICK_HEADS)}, 1 epoch on 2048 images, 200 eval and NLL images",
+    )  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--redraw", action="store_true",
         help="train nothing: redraw the figures of every finished row from its run's checkpoint",
@@ -346,55 +549,65 @@ def main(argv=None):
         f"({metrics.PROTOCOL_N}: the standard protocol; fewer: marked quick); 0: no FID",
     )  # fmt: skip
     args = p.parse_args(argv)
-    args.command_line = " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    args.command_line = " ".join(argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.datasets, args.archs, args.ks = "fashion_mnist", "mlp", "1,2"
         args.heads = ",".join(QUICK_HEADS)
         args.epochs, args.train_examples, args.eval_images, args.nll_images = 1, 2048, 200, 200
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = Path(args.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     mesh = parallel.data_mesh()
 
-    done = {}
-    for dataset in args.datasets.split(","):
-        done.update(read_rows(out, dataset))
-    rows, mine = dict(done), {}  # mine: the rows this process made, merged into the file
+    rows, mine = {}, {}  # mine: the rows this process made, merged into the file
     n_fid = args.fid_samples
     for dataset in args.datasets.split(","):
         ds = jdata.load(dataset, data_dir=args.data_dir)
+        sizes = Sizes.of(ds)
+        settings = requested(args, sizes)
+        done = read_rows(out, dataset, sizes, args.seed)
+        rows.update(done)
         ks = [int(k) for k in args.ks.split(",")]
-        todo = grid([dataset], args.archs.split(","), args.heads.split(","), ks)
-        for cell in todo:
-            if cell in done and done[cell]["status"] == "ok":
+        cells = list(grid([dataset], args.archs.split(","), args.heads.split(","), ks))
+        for cell in cells:
+            key = cell_key(*cell, settings)
+            if key in done and done[key]["status"] == "ok":
                 if args.redraw:
-                    redraw(done[cell], ds, args, out / "figures")
+                    redraw(done[key], ds, sizes, args, out / "figures")
                 continue
             if args.redraw:
                 continue
             t0 = time.perf_counter()
             print(f"== {' '.join(map(str, cell))}", flush=True)
-            row = run_one(ds, *cell, args, mesh, out / "figures")
-            rows[cell] = mine[cell] = row
+            row = run_one(ds, *cell, settings, sizes, args, mesh, out / "figures")
+            rows[key] = mine[key] = row
             print(json.dumps(row), f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            save_rows(mine, out, dataset, args)
+            save_rows(mine, out, dataset, sizes, args)
         if args.fid_samples:
-            for cell in grid([dataset], args.archs.split(","), args.heads.split(","), ks):
-                row = rows.get(cell)
+            for cell in cells:
+                key = cell_key(*cell, settings)
+                row = rows.get(key)
                 if row and row["status"] == "ok" and str(row.get("fid_images")) != str(n_fid):
-                    rows[cell] = mine[cell] = {**row, **fid_columns(row, args)}
-                    save_rows(mine, out, dataset, args)
-        if any(cell[0] == dataset for cell in mine):  # else the file stays as it is
-            rows.update(save_rows(mine, out, dataset, args))
+                    rows[key] = mine[key] = {**row, **fid_columns(row, sizes, args)}
+                    save_rows(mine, out, dataset, sizes, args)
+        if any(key[0] == dataset for key in mine):  # else the file stays as it is
+            rows.update(save_rows(mine, out, dataset, sizes, args))
     return list(rows.values())
 
 
-def fid_columns(row: dict, args) -> dict:
+def fid_columns(row: dict, sizes: Sizes, args) -> dict:
     """FID of a finished row's reconstructions and samples, by `jaxae.evaluate`."""
     n = args.fid_samples
-    name = f"{row['dataset']}-{row['arch']}-{row['head']}-k{row['K']}-s{row['seed']}"
-    print(f"== FID of {name} on {n} images", flush=True)
+    run = row_run(row, sizes, args)
+    print(f"== FID of {run.name} on {n} images", flush=True)
     result = evaluate.evaluate_run(
-        Path(args.runs) / name, num_samples=n, quick=n != metrics.PROTOCOL_N,
+        run, num_samples=n, quick=n != metrics.PROTOCOL_N,
         data_dir=args.data_dir, progress=not args.no_progress,
     )  # fmt: skip
     samples = result["samples"]

@@ -22,6 +22,7 @@ array data (a garbled block restores silently as other numbers), hence our per-l
 """
 
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -119,10 +120,16 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,  # done below, before the manager starts
         )
         handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "train", "state")}
         handlers |= {name: ocp.JsonCheckpointHandler() for name in ("meta", "checksum")}
+        # Orbax's own clean-up of a killed save's temporary folders runs in a thread that only
+        # `save` waits for: two managers opened in turn could delete the same files at once.
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if ".orbax-checkpoint-tmp" in name:
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def path(self, step: int) -> str:
@@ -222,10 +229,8 @@ class Checkpointer:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         if self.is_legacy(step):
             legacy = {k: v for k, v in target.items() if k != "model_state"}
-            self._check_shapes(step, {"state": legacy})
-            out = self._restore_items(step, {"state": legacy})
-            self._verify(step, {"state": out["state"]}, out["checksum"])
-            return {**out["state"], "model_state": abstract_state["model_state"]}, out["meta"]
+            state, meta = self._read_legacy(step, legacy)
+            return {**state, "model_state": abstract_state["model_state"]}, meta
         model, train = _split_state(target)
         self._check_shapes(step, {"model": model, "train": train})
         out = self._restore_items(step, {"model": model, "train": train})
@@ -245,25 +250,45 @@ class Checkpointer:
             out = self._restore_items(step, {"model": target})
             self._verify(step, {"model": out["model"]}, out["checksum"])
             return out["model"], out["meta"]
-        out = self._restore_items(step, {"state": None})
-        saved = out["state"]
-        sums = sorted(np.asarray(_fingerprint(saved)).tolist())
-        if sums != sorted(out["checksum"]):  # leaf order differs as saved: compare as sets
-            raise CheckpointError(f"step {step} ({self.path(step)}) does not match its checksum")
-        params = saved["params"]
-        if set(_shapes(params)) != set(_shapes(target["params"])):
-            params = {"net": params}  # the earlier `ae` models were the network itself
-        compare_trees(_shapes(params), _shapes(target["params"]), f"step {step}")
-        by_path = dict(
-            (_path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        state, meta = self._read_legacy(step, {"params": target["params"]}, partial=True)
+        return {"params": state["params"], "model_state": target["model_state"]}, meta
+
+    def _read_legacy(self, step: int, target: dict, partial: bool = False):
+        """An earlier release's `state` item into `target`'s tree, verified by its checksum.
+
+        Read with `target` as template where the trees agree; else read as saved and matched
+        leaf by leaf by path, the first ``net/`` level dropped: the earlier `ae` models were
+        the network itself. `partial`: `target` holds some top-level entries only (the params).
+        """
+        try:
+            saved = _shapes(self._mngr.item_metadata(step)["state"])
+        except Exception as e:
+            raise CheckpointError(f"cannot read step {step} ({self.path(step)}): {e}") from e
+        if partial:
+            saved = {n: v for n, v in saved.items() if n.split("/")[0] in target}
+        mine = _shapes(target)
+        if not partial and set(saved) == set(mine):
+            compare_trees(saved, mine, f"step {step} ({self.path(step)})")
+            out = self._restore_items(step, {"state": target})
+            self._verify(step, {"state": out["state"]}, out["checksum"])
+            return out["state"], out["meta"]
+        rename = (
+            (lambda n: n) if set(mine) <= set(saved) else (lambda n: n.replace("/net/", "/", 1))
         )
-        flat, treedef = jax.tree_util.tree_flatten_with_path(target["params"])
-        leaves = [jnp.asarray(by_path[_path_str(p)]) for p, _ in flat]
-        model = {
-            "params": jax.tree.unflatten(treedef, leaves),
-            "model_state": target["model_state"],
-        }
-        return model, out["meta"]
+        compare_trees(saved, {rename(n): v for n, v in mine.items()}, f"step {step}")
+        out = self._restore_items(step, {"state": None})
+        sums = sorted(np.asarray(_fingerprint(out["state"])).tolist())
+        if sums != sorted(out["checksum"]):  # the leaves come back in another order: as sets
+            raise CheckpointError(f"step {step} ({self.path(step)}) does not match its checksum")
+        leaves = jax.tree_util.tree_flatten_with_path(out["state"])[0]
+        by_path = {_path_str(p): x for p, x in leaves}
+        flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+        placed = []
+        for p, t in flat:
+            x = jnp.asarray(by_path[rename(_path_str(p))], dtype=t.dtype)
+            sharding = getattr(t, "sharding", None)
+            placed.append(x if sharding is None else jax.device_put(x, sharding))
+        return jax.tree.unflatten(treedef, placed), out["meta"]
 
     def restore_or_init(self, init_fn, *, strict: bool = False):
         """`(state, meta, step)` from the newest readable step, else `(init_fn(), None, None)`.

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxae import flows, nets
-from jaxae.heads import HEADS, Head, positive
+from jaxae.heads import Head, positive
 
 GLOROT = jax.nn.initializers.glorot_uniform()
 
@@ -245,5 +245,3 @@ def num_params(model: nnx.Module) -> int:
     """How many trainable weights `model` has."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
-
-__all__ = ["HEADS", "KINDS", "Autoencoder", "MAFAutoencoder", "Model", "VAE", "build", "register"]

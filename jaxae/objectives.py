@@ -13,6 +13,7 @@ reparameterised sample. The trainer reduces the terms over the batch, in one pla
 
 from __future__ import annotations
 
+import chex
 import jax
 from flax import nnx
 
@@ -23,8 +24,11 @@ def terms(model, x: jax.Array, key: jax.Array | None) -> dict[str, jax.Array]:
     The likelihood term is named by the distribution (``'mse'`` for `SquaredError`, else
     ``'nll'``, in nats per image).
     """
+    chex.assert_rank(x, 4)  # images [B, H, W, C]
     z, regularizers = model.latent(x, key)
-    dist = model.likelihood(model.decode(z))
+    raw = model.decode(z)
+    chex.assert_shape(raw, (x.shape[0], None))  # decoders emit raw [B, P]
+    dist = model.likelihood(raw)
     recon = -dist.log_prob(model.event(x))  # [B]
     loss = recon
     for value in regularizers.values():
@@ -53,7 +57,8 @@ def loss_fn(graphdef: nnx.GraphDef):
     function the trainer takes (`jaxae.train.single`)."""
 
     def fn(params, model_state, batch, key):
-        model = nnx.merge(graphdef, params, model_state)
+        # copy: a BatchNorm call mutates its statistics, which must be Variables of this trace
+        model = nnx.merge(graphdef, params, model_state, copy=True)
         out = terms(model, batch["image"], key)
         return out, nnx.split(model, nnx.Param, ...)[2]
 

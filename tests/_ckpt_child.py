@@ -22,12 +22,15 @@ SIZE = 6_000_000  # float32 elements per leaf: 24 MB
 def make_state(step):
     rng = np.random.default_rng(step)  # numpy: ten times faster than jax.random on CPU here
     params = {f"w{i}": jnp.asarray(rng.random(SIZE, dtype=np.float32)) for i in range(3)}
-    return {"params": params, "step": jnp.int32(step), "key": jax.random.PRNGKey(step)}
+    model_state = {"count": jnp.int32(step)}  # a model state leaf: saved in the `model` item
+    return {"params": params, "model_state": model_state, "step": jnp.int32(step),
+            "key": jax.random.PRNGKey(step)}  # fmt: skip
 
 
 def init_state():
     params = {f"w{i}": jnp.zeros(SIZE, jnp.float32) for i in range(3)}
-    return {"params": params, "step": jnp.int32(0), "key": jax.random.PRNGKey(0)}
+    return {"params": params, "model_state": {"count": jnp.int32(0)}, "step": jnp.int32(0),
+            "key": jax.random.PRNGKey(0)}  # fmt: skip
 
 
 def main(directory):

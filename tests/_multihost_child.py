@@ -15,9 +15,8 @@ import sys
 import jax
 import numpy as np
 import optax
-from flax import nnx
 
-from jaxae import nets, objectives, parallel, train
+from jaxae import models, objectives, parallel, train
 
 IMAGE_SHAPE = (8, 8, 1)
 LATENT_DIM = 4
@@ -38,12 +37,13 @@ def example_order() -> np.ndarray:
 
 
 def setup(mesh):
-    """(loss_fn, optimizer, replicated initial state), identical on every process."""
-    model = nets.make_model("mlp", IMAGE_SHAPE, LATENT_DIM, seed=0)
-    graphdef, params = nnx.split(model, nnx.Param)
-    optimizer = optax.adam(1e-2)
-    state = parallel.replicate(train.init_state(params, optimizer, seed=0), mesh)
-    return objectives.autoencoder_mse(graphdef), optimizer, state
+    """(update, replicated initial state), identical on every process."""
+    spec = {"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": LATENT_DIM,
+            "image_shape": list(IMAGE_SHAPE), "seed": 0}  # fmt: skip
+    graphdef, params, model_state = objectives.split(models.build(spec))
+    update = train.single(objectives.loss_fn(graphdef), optax.adam(1e-2))
+    state = train.init_state(params, update, seed=0, model_state=model_state)
+    return update, parallel.replicate(state, mesh)
 
 
 def local_rows(mesh) -> slice:
@@ -63,8 +63,8 @@ def local_rows(mesh) -> slice:
 
 def train_steps(mesh) -> dict:
     """NUM_STEPS calls of `make_train_step`, each process feeding only its own rows."""
-    loss_fn, optimizer, state = setup(mesh)
-    train_step = train.make_train_step(loss_fn, optimizer, mesh)
+    update, state = setup(mesh)
+    train_step = train.make_train_step(update, mesh)
     data, order, rows = dataset(), example_order(), local_rows(mesh)
     for t in range(NUM_STEPS):
         idx = order[t * BATCH_SIZE : (t + 1) * BATCH_SIZE]
@@ -75,8 +75,8 @@ def train_steps(mesh) -> dict:
 
 def train_chunk(mesh) -> dict:
     """The same NUM_STEPS steps as one `make_train_chunk` scan over the replicated dataset."""
-    loss_fn, optimizer, state = setup(mesh)
-    chunk = train.make_train_chunk(loss_fn, optimizer, BATCH_SIZE, mesh)
+    update, state = setup(mesh)
+    chunk = train.make_train_chunk(update, BATCH_SIZE, mesh)
     data = parallel.replicate(dataset(), mesh)
     perm = parallel.replicate(example_order(), mesh)
     state, _ = chunk(state, data, perm, 0, NUM_STEPS)

@@ -1,19 +1,20 @@
 """`jaxae.evaluate`: restoring runs by their saved model description, the FID protocol end to
-end on a tiny trained run, the reference-feature cache, and bad input."""
+end on a tiny trained run, a --no-fid evaluation without Inception, the reference-feature cache,
+unreadable steps and bad input."""
 
 import json
 import shutil
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
+from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import evaluate, inception, models, nets, objectives, train
-from jaxae.checkpoint import CheckpointError
-from jaxae.config import TrainConfig
-from jaxae.heads import Head
+from jaxae import evaluate, inception, models, objectives, train
+from jaxae.checkpoint import CheckpointError, CorruptCheckpointWarning
 
 N = 16  # images per set: a --quick protocol
 
@@ -23,44 +24,53 @@ def fmnist():
     return jdata.load("fashion_mnist")
 
 
-def _train(workdir, model, loss_fn, images, *, spec, **config):
-    config = TrainConfig(dataset="fashion_mnist", batch_size=64, epochs=1, max_steps=4, **config)
-    pre = jdata.Preprocess(config.scale)
-    graphdef, params = nnx.split(model, nnx.Param)
+def _train(workdir, spec, images, **training):
+    """4 steps of `train.fit` on the model of `spec`; returns its final parameters."""
+    config = jconfig.make(
+        model={k: v for k, v in spec.items() if k in ("kind", "arch", "head", "k", "latent_dim")},
+        training=dict(batch_size=64, epochs=1, max_steps=4, **training),
+    )
+    model = models.build(spec)
+    graphdef, params, model_state = objectives.split(model)
+    update = train.single(objectives.loss_fn(graphdef), optax.adam(config.optimizer.learning_rate))
+    pre = jdata.Preprocess(config.data.scale)
     return train.fit(
-        config, workdir, params=params, loss_fn=loss_fn(graphdef), train={"image": images},
-        prepare=lambda b, key: {**b, "image": pre(b["image"], key)}, progress=False, model=spec,
+        config, workdir, params=params, model_state=model_state, update=update,
+        train={"image": images}, prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
+        progress=False, model=model.spec,
     ).state["params"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def vpae_run(tmp_path_factory, fmnist):
     workdir = tmp_path_factory.mktemp("runs") / "vpae"
-    model = models.VPAE(Head("normal_diag"), "mlp", seed=0)
-    params = _train(workdir, model, objectives.vpae_nll, fmnist.train.images[:512],
-                    spec=model.spec, head="normal_diag")  # fmt: skip
+    spec = {**models.vpae_spec("normal_diag", 1, "mlp"), "seed": 0}
+    params = _train(workdir, spec, fmnist.train.images[:512], checkpoint_every=2)
     return workdir, params
 
 
 def test_restore_rebuilds_the_model_from_its_description(vpae_run):
     workdir, params = vpae_run
     restored = evaluate.restore(workdir)
-    assert restored.spec == {"kind": "vpae", "head": "normal_diag", "k": 1, "arch": "mlp",
-                             "image_shape": [28, 28, 1]}  # fmt: skip
-    assert restored.step == 4 and restored.config.head == "normal_diag"
+    assert restored.spec == {"kind": "ae", "arch": "mlp", "head": "normal_diag", "k": 1,
+                             "latent_dim": 32, "image_shape": [28, 28, 1]}  # fmt: skip
+    assert restored.step == 4 and restored.config.model.head == "normal_diag"
+    assert isinstance(restored.model, models.Autoencoder)
     got = nnx.state(restored.model, nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(got))
 
 
-def test_restore_of_an_ae_run_without_a_saved_description(tmp_path, fmnist):
-    # checkpoints written before fit saved the description: inferred from the config
-    model = nets.make_model("mlp", (28, 28, 1), 8, seed=1)
-    params = _train(tmp_path, model, objectives.autoencoder_mse, fmnist.train.images[:256],
-                    spec=None, latent_dim=8)  # fmt: skip
+def test_restore_of_a_plain_autoencoder_run(tmp_path, fmnist):
+    spec = {"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": 8,
+            "image_shape": [28, 28, 1], "seed": 1}  # fmt: skip
+    params = _train(tmp_path, spec, fmnist.train.images[:256])
     restored = evaluate.restore(tmp_path)
     assert restored.spec["kind"] == "ae" and restored.spec["latent_dim"] == 8
+    assert restored.spec["head"] == "mse" and "seed" not in restored.spec
     got = nnx.state(restored.model, nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(got))
+    fns = evaluate.functions(restored)
+    assert fns.nll is None and fns.latent_dim == 8  # squared error: no density
 
 
 def test_restore_bad_folders(tmp_path, vpae_run):
@@ -71,11 +81,56 @@ def test_restore_bad_folders(tmp_path, vpae_run):
         evaluate.restore(tmp_path / "empty")
     broken = tmp_path / "broken"
     shutil.copytree(vpae_run[0], broken)
-    for f in (broken / "checkpoints").glob("*/state/**/*"):
+    for f in (broken / "checkpoints").glob("*/model/**/*"):
         if f.is_file() and f.stat().st_size > 1000:
             f.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="could be restored"):
         evaluate.restore(broken)
+
+
+def test_restore_warns_and_uses_an_older_step_when_the_newest_is_unreadable(tmp_path, vpae_run):
+    run = tmp_path / "run"
+    shutil.copytree(vpae_run[0], run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]
+    (run / "checkpoints" / "4" / "meta" / "metadata").write_text('{"config": {"model": ')
+    with pytest.warns(CorruptCheckpointWarning, match="using step 2") as record:
+        restored = evaluate.restore(run)
+    assert restored.step == 2 and "step 4" in str(record[0].message)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]  # read only
+
+
+def test_samples_without_quick_is_a_usage_error(vpae_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--run", str(vpae_run[0]), "--samples", "10"])
+    assert exit_info.value.code == 2
+    assert "--samples needs --quick" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--run", str(vpae_run[0]), "--quick", "--samples", "1"])
+    assert exit_info.value.code == 2
+
+
+def test_evaluate_run_without_fid_needs_no_inception(vpae_run, tmp_path, monkeypatch):
+    def no_inception(*args, **kwargs):
+        raise AssertionError("fid=False must not embed images")
+
+    monkeypatch.setattr(inception, "features", no_inception)
+    monkeypatch.setattr(evaluate, "reference_features", no_inception)
+    result = evaluate.evaluate_run(vpae_run[0], num_samples=N, quick=True, fid=False,
+                                   progress=False, out=tmp_path / "eval")  # fmt: skip
+    rec = result["reconstruction"]
+    assert set(rec) == {"mse", "psnr_db"} and 0 < rec["mse"] < 0.2
+    assert result["samples"] == {} and "weights_sha256" not in result
+    lik = result["likelihood"]
+    assert np.isfinite(lik["nats_per_image"])
+    assert lik["bits_per_dim"] == pytest.approx(lik["nats_per_image"] / (784 * np.log(2)))
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "Reconstruction MSE" in md and "| reconstructions |" not in md
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["step"] == 4
+    # the command line's --no-fid: the same numbers
+    argv = ["--run", str(vpae_run[0]), "--quick", "--samples", str(N), "--no-fid",
+            "--no-progress", "--out", str(tmp_path / "cli")]  # fmt: skip
+    cli = evaluate.main(argv)
+    assert cli["reconstruction"] == rec and cli["likelihood"] == lik and cli["samples"] == {}
 
 
 def test_evaluate_run_quick_protocol_end_to_end(vpae_run, tmp_path, monkeypatch):

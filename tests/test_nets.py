@@ -66,26 +66,53 @@ def test_conv_transpose_module_matches_nnx():
     np.testing.assert_allclose(g1(ours.kernel[...]), g2(ours.kernel[...]), rtol=1e-4, atol=1e-4)
 
 
+def _make(arch, shape, latent, out=None, seed=0):
+    out = int(np.prod(shape)) if out is None else out
+    return nets.make(arch, shape, latent, out, rngs=nnx.Rngs(params=seed))
+
+
 def test_mlp_shapes_and_parameter_count():
-    model = nets.make_model("mlp", (28, 28, 1), 32)
-    out = model(jnp.zeros((3, 28, 28, 1)))
-    assert out.recon.shape == (3, 28, 28, 1) and out.code.shape == (3, 32)
-    assert _count(model) == 784 * 32 + 32 + 32 * 784 + 784 == 50_992
-    assert bool(jnp.all(out.code >= 0))  # ReLU code
+    net = _make("mlp", (28, 28, 1), 32)
+    code = net.encode(jnp.zeros((3, 28, 28, 1)))
+    recon = net.decode(code)
+    assert recon.shape == (3, 784) and code.shape == (3, 32)  # raw and flat: heads interpret it
+    assert _count(net) == 784 * 32 + 32 + 32 * 784 + 784 == 50_992
+    assert bool(jnp.all(code >= 0))  # ReLU code
+    assert _count(_make("mlp", (28, 28, 1), 32, out=1569)) == 25_120 + 33 * 1569
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 1)])
 def test_conv_shapes(shape):
-    model = nets.make_model("conv", shape, 8)
-    out = jax.jit(lambda x: model(x))(jnp.zeros((2, *shape)))
-    assert out.recon.shape == (2, *shape) and out.code.shape == (2, 8)
+    net = _make("conv", shape, 8)
+    code, recon = jax.jit(lambda x: (net.encode(x), net.decode(net.encode(x))))(
+        jnp.zeros((2, *shape))
+    )
+    assert recon.shape == (2, int(np.prod(shape))) and code.shape == (2, 8)
 
 
-def test_unknown_model_and_bad_shape():
-    with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        nets.make_model("resnet", (28, 28, 1), 8)
+def test_cnn_shapes():
+    net = _make("cnn", (8, 8, 1), 0, out=3 * 64 + 5, seed=1)  # 4 output channels, cut to P
+    code = net.encode(jnp.ones((2, 8, 8, 1)))
+    assert code.shape == (2, 4, 4, 320) and bool(jnp.all(code >= 0))
+    assert net.decode(code).shape == (2, 3 * 64 + 5)
+
+
+def test_same_seed_same_weights():
+    a, b, c = (_make("mlp", (8, 8, 1), 4, seed=s) for s in (0, 0, 1))
+    leaves = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (a, b, c)]
+    for x, y in zip(leaves[0], leaves[1], strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(leaves[0][-1], leaves[2][-1])
+
+
+def test_unknown_architecture_and_bad_shape():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+        _make("resnet", (28, 28, 1), 8)
+    assert sorted(nets.ARCHS) == ["cnn", "conv", "mlp"]
     with pytest.raises(ValueError, match="divisible by 4"):
-        nets.make_model("conv", (30, 30, 1), 8)
+        _make("conv", (30, 30, 1), 8)
+    with pytest.raises(ValueError, match="emits one value per pixel"):
+        _make("conv", (28, 28, 1), 8, out=1569)
 
 
 def _lax_conv(x, w, stride=1):

@@ -7,18 +7,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
-from jaxae import nets, objectives, parallel, train
-from jaxae.config import TrainConfig
+from jaxae import config as jconfig
+from jaxae import models, objectives, parallel, train
 
 SHAPE = (8, 8, 1)
 
 
 def _setup(seed=0, latent=4):
-    model = nets.make_model("mlp", SHAPE, latent, seed=seed)
-    graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, params, objectives.autoencoder_mse(graphdef)
+    """(graphdef, params, model_state, loss_fn) of the tiny MLP autoencoder (mse head)."""
+    spec = {"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": latent,
+            "image_shape": list(SHAPE), "seed": seed}  # fmt: skip
+    graphdef, params, model_state = objectives.split(models.build(spec))
+    return graphdef, params, model_state, objectives.loss_fn(graphdef)
+
+
+def _update(loss_fn, lr=1e-2):
+    return train.single(loss_fn, optax.adam(lr))
 
 
 def _images(n=96, seed=0):
@@ -35,18 +40,24 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def _config(**kw):
-    base = dict(dataset="synthetic", latent_dim=4, batch_size=16, epochs=3, learning_rate=1e-2)
-    return TrainConfig(**{**base, **kw})
+def _config(**training):
+    base = dict(batch_size=16, epochs=3)
+    return jconfig.make(
+        data=dict(dataset="synthetic"),
+        model=dict(latent_dim=4),
+        optimizer=dict(learning_rate=1e-2),
+        training={**base, **training},
+    )
 
 
 def _fit(tmp_path, name, config, mesh=None, **kw):
-    _, params, loss_fn = _setup()
+    _, params, model_state, loss_fn = _setup()
     return train.fit(
         config,
         tmp_path / name,
         params=params,
-        loss_fn=loss_fn,
+        model_state=model_state,
+        update=_update(loss_fn, config.optimizer.learning_rate),
         train={"image": _images()},
         prepare=_prepare,
         mesh=mesh,
@@ -71,19 +82,19 @@ def test_one_and_four_devices_agree(tmp_path):
 
 def test_step_path_equals_scan_path():
     """The per-step jitted path (host-fed batches) and the scanned fast path agree."""
-    graphdef, params, loss_fn = _setup()
-    opt = optax.adam(1e-2)
+    _, params, model_state, loss_fn = _setup()
+    update = _update(loss_fn)
     mesh = parallel.data_mesh()
     images = _images()
-    state0 = train.init_state(params, opt, seed=0)
+    state0 = train.init_state(params, update, seed=0, model_state=model_state)
     perm = np.asarray(train.epoch_permutation(train.data_key(0), 0, len(images)))
 
-    step = train.make_train_step(loss_fn, opt, mesh, prepare=_prepare)
+    step = train.make_train_step(update, mesh, prepare=_prepare)
     s = parallel.replicate(state0, mesh)
     for t in range(4):
         batch = parallel.shard_batch({"image": images[perm[t * 16 : (t + 1) * 16]]}, mesh)
         s, m = step(s, batch)
-    chunk = train.make_train_chunk(loss_fn, opt, 16, mesh, prepare=_prepare)
+    chunk = train.make_train_chunk(update, 16, mesh, prepare=_prepare)
     c, ms = chunk(
         parallel.replicate(state0, mesh), parallel.replicate({"image": images}, mesh), perm, 0, 4
     )
@@ -97,11 +108,11 @@ def test_step_path_equals_scan_path():
 def test_resume_is_bit_exact(tmp_path, steps_per_call):
     """Stop after step s, resume to 2s: identical to an uninterrupted run, data order included."""
     s = 9  # not an epoch boundary (6 steps per epoch): the resume starts mid-epoch
-    cfg = _config(epochs=3, checkpoint_every=3, steps_per_call=steps_per_call)
-    full = _fit(tmp_path, "full", cfg.replace(max_steps=2 * s))
-    first = _fit(tmp_path, "cut", cfg.replace(max_steps=s))
+    training = dict(epochs=3, checkpoint_every=3, steps_per_call=steps_per_call)
+    full = _fit(tmp_path, "full", _config(**training, max_steps=2 * s))
+    first = _fit(tmp_path, "cut", _config(**training, max_steps=s))
     assert int(first.state["step"]) == s and first.resumed_from is None
-    second = _fit(tmp_path, "cut", cfg.replace(max_steps=2 * s))
+    second = _fit(tmp_path, "cut", _config(**training, max_steps=2 * s))
     assert second.resumed_from == s and int(second.state["step"]) == 2 * s
     for a, b in zip(_leaves(full.state), _leaves(second.state), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -112,17 +123,17 @@ def test_resume_is_bit_exact(tmp_path, steps_per_call):
 
 def test_resume_with_other_config_is_refused(tmp_path):
     _fit(tmp_path, "run", _config(max_steps=3))
-    with pytest.raises(ValueError, match=r"cannot resume.*batch_size: 16 -> 32"):
+    with pytest.raises(ValueError, match=r"cannot resume.*training.batch_size: 16 -> 32"):
         _fit(tmp_path, "run", _config(batch_size=32))
 
 
 def test_chunk_compiles_once_per_length(tmp_path):
     """Sizes are static: three epochs of equal chunks must not retrace the step."""
-    graphdef, params, loss_fn = _setup()
-    opt = optax.adam(1e-3)
+    _, params, model_state, loss_fn = _setup()
+    update = _update(loss_fn, 1e-3)
     mesh = parallel.data_mesh()
-    chunk = train.make_train_chunk(loss_fn, opt, 16, mesh, prepare=_prepare)
-    state = parallel.replicate(train.init_state(params, opt, 0), mesh)
+    chunk = train.make_train_chunk(update, 16, mesh, prepare=_prepare)
+    state = parallel.replicate(train.init_state(params, update, 0, model_state), mesh)
     data = parallel.replicate({"image": _images()}, mesh)
     for epoch in range(3):
         perm = train.epoch_permutation(train.data_key(0), epoch, 96)
@@ -131,13 +142,13 @@ def test_chunk_compiles_once_per_length(tmp_path):
 
 
 def test_non_finite_loss_names_step_and_term(tmp_path):
-    _, params, loss_fn = _setup()
+    _, params, model_state, loss_fn = _setup()
     images = _images()
     flag = np.zeros(len(images), np.float32)
     flag[37] = 1.0  # one poisoned example
 
     def poisoned(params, batch, key):
-        terms = loss_fn(params, batch, key)
+        terms, _ = loss_fn(params, model_state, batch, key)
         recon = terms["mse"] + jnp.where(batch["flag"] > 0, jnp.nan, 0.0)
         return {"loss": recon, "recon": recon}
 
@@ -149,7 +160,7 @@ def test_non_finite_loss_names_step_and_term(tmp_path):
             cfg,
             tmp_path / "nan",
             params=params,
-            loss_fn=poisoned,
+            update=_update(train.stateless(poisoned)),
             train={"image": images, "flag": flag},
             prepare=_prepare,
             progress=False,
@@ -161,16 +172,20 @@ def test_non_finite_loss_names_step_and_term(tmp_path):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainConfig(learning_rate=-1e-3)
-    with pytest.raises(ValueError, match="latent_dim"):
-        TrainConfig(latent_dim=0)
-    with pytest.raises(ValueError, match="batch_size"):
-        TrainConfig(batch_size=0)
-    with pytest.raises(ValueError, match="model"):
-        TrainConfig(model="transformer")
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
-        TrainConfig.from_dict({"latent": 3})
+    with pytest.raises(ValueError, match=r"optimizer\.learning_rate"):
+        jconfig.make(optimizer=dict(learning_rate=-1e-3))
+    with pytest.raises(ValueError, match=r"model\.latent_dim"):
+        jconfig.make(model=dict(latent_dim=0))
+    with pytest.raises(ValueError, match=r"training\.batch_size"):
+        jconfig.make(training=dict(batch_size=0))
+    with pytest.raises(ValueError, match=r"model\.arch"):
+        jconfig.make(model=dict(arch="transformer"))
+    with pytest.raises(ValueError, match=r"unknown config field training\.latent"):
+        jconfig.make(training=dict(latent=3))
+    with pytest.raises(ValueError, match=r"unknown config section 'trainer'"):
+        jconfig.make(trainer=dict(epochs=3))
+    with pytest.raises(ValueError, match=r"unknown config fields \['latent'\]"):
+        jconfig.from_dict({"latent": 3})
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -179,36 +194,42 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 
 def test_empty_dataset(tmp_path):
-    _, params, loss_fn = _setup()
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        train.fit(
-            _config(),
-            tmp_path / "e",
-            params=params,
-            loss_fn=loss_fn,
-            train={"image": _images(0)},
-            progress=False,
-        )
+    _, params, _, loss_fn = _setup()
+    for n, message in [(0, r"empty data set"), (8, "fewer than one batch")]:
+        with pytest.raises(ValueError, match=message):
+            train.fit(
+                _config(),
+                tmp_path / f"e{n}",
+                params=params,
+                update=_update(loss_fn),
+                train={"image": _images(n)},
+                progress=False,
+            )
 
 
 def test_evaluate_masks_the_padded_batch():
-    graphdef, params, loss_fn = _setup()
+    """`parallel.batch_means` over 37 images in batches of 8: the padded rows do not count."""
+    _, params, model_state, loss_fn = _setup()
     images = _images(37).astype(np.float32) / 255
-    got = train.evaluate(
-        lambda p, b: {"mse": loss_fn(p, b, None)["mse"]}, params, {"image": images}, 8
-    )
-    want = np.mean(np.asarray(loss_fn(params, {"image": jnp.asarray(images)}, None)["mse"]))
+    mesh = parallel.data_mesh()
+
+    def mse(params, model_state, batch):
+        return {"mse": loss_fn(params, model_state, batch, None)[0]["mse"]}
+
+    fn = parallel.data_parallel(mse, mesh, batch_argnums=(2,), donate_argnums=())
+    got = parallel.batch_means(fn, {"image": images}, 8, args=(params, model_state), mesh=mesh)
+    want = np.mean(np.asarray(mse(params, model_state, {"image": jnp.asarray(images)})["mse"]))
     np.testing.assert_allclose(got["mse"], want, rtol=1e-5)
 
 
 def test_train_arrays_of_different_lengths(tmp_path):
-    _, params, loss_fn = _setup()
+    _, params, _, loss_fn = _setup()
     with pytest.raises(ValueError, match="shared leading example axis"):
         train.fit(
             _config(),
             tmp_path / "x",
             params=params,
-            loss_fn=loss_fn,
+            update=_update(loss_fn),
             train={"image": _images(96), "label": np.zeros(95, np.int32)},
             progress=False,
         )
