@@ -8,6 +8,7 @@ One jitted network (module fixture) serves every test that runs it: ~25 s on one
 import functools
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,15 +112,15 @@ def test_pools_exclude_padding_and_match_reduce_window():
 # Batched, sharded embedding
 
 
-def test_features_batched_sharded_equals_direct_call(net, params, reference):
+def test_features_batched_sharded_equals_direct_call(net, params, reference, monkeypatch):
     assert jax.device_count() == 4  # tests/conftest.py
     images = reference["images_uint8"][..., None]
     images = np.concatenate([images, images[:2, :, ::-1]])  # 6 images: batches of 4 and 2 + 2 pad
     mesh = parallel.data_mesh()
-    compiled = inception._embed_fn(mesh)._cache_size()  # other tests may have used it
+    inception._embed_fn.cache_clear()  # a fresh jit, so that its traces are counted here
+    monkeypatch.setattr(inception, "apply", chex.assert_max_traces(inception.apply, n=1))
     out = inception.features(images, weights=params, batch_size=3, mesh=mesh, progress=False)
-    assert out.shape == (6, 2048) and out.dtype == np.float32
-    assert inception._embed_fn(mesh)._cache_size() <= compiled + 1  # one for both batches
+    assert out.shape == (6, 2048) and out.dtype == np.float32  # both batches: one trace
     direct = np.concatenate(
         [
             np.asarray(net(params, inception.to_inception_input(images[:4]))[0]),

@@ -127,20 +127,6 @@ def test_resume_with_other_config_is_refused(tmp_path):
         _fit(tmp_path, "run", _config(batch_size=32))
 
 
-def test_chunk_compiles_once_per_length(tmp_path):
-    """Sizes are static: three epochs of equal chunks must not retrace the step."""
-    _, params, model_state, loss_fn = _setup()
-    update = _update(loss_fn, 1e-3)
-    mesh = parallel.data_mesh()
-    chunk = train.make_train_chunk(update, 16, mesh, prepare=_prepare)
-    state = parallel.replicate(train.init_state(params, update, 0, model_state), mesh)
-    data = parallel.replicate({"image": _images()}, mesh)
-    for epoch in range(3):
-        perm = train.epoch_permutation(train.data_key(0), epoch, 96)
-        state, _ = chunk(state, data, perm, 0, 6)
-    assert chunk._cache_size() == 1
-
-
 def test_non_finite_loss_names_step_and_term(tmp_path):
     _, params, model_state, loss_fn = _setup()
     images = _images()

@@ -1,8 +1,11 @@
 """The demo: the 784-32-784 MLP autoencoder on Fashion-MNIST, 10 epochs (what `make demo` runs).
 
 Command:  python -m experiments.train --config experiments/configs/demo.py --workdir runs/demo
-Runtime here (2 CPU cores): about 3-5 s for the 4,680 steps after ~10 s of compiling and loading.
-Expected: test MSE about 0.013 (PSNR about 18.9 dB); the summary is in runs/demo/summary.json.
+Runtime here (2 CPU cores, 2026-12-02): 7.7 s for `make demo` with the venv in place, 4.4 s of
+it training the 4,680 steps (~200,000 images/s). Expected (seed 0): test MSE 0.0168, PSNR
+17.7 dB, in runs/demo/summary.json; `python -m jaxae.evaluate --run runs/demo --quick` then gave
+reconstruction MSE 0.0160 on the first 1,000 test images and quick FIDs 133 (reconstructions),
+243 (prior samples) and 194 (Gaussian samples) in 3.7 minutes.
 """
 
 from jaxae import config

@@ -2,9 +2,8 @@
 
 Command:  python -m experiments.train --config experiments/configs/latent_penalty.py \
               --workdir runs/latent_penalty
-Runtime here (2 CPU cores): about 5 s for 5 epochs after ~10 s of compiling and loading.
-Expected: test MSE close to the plain autoencoder's (about 0.015 after 5 epochs), with a small
-'code_penalty' term in metrics.jsonl and summary.json.
+Runtime here (2 CPU cores, 2026-12-02): 6 s in all, 2.8 s of it training 5 epochs.
+Expected (seed 0): test MSE 0.0189 and code penalty 0.0017 (loss 0.0206), in summary.json.
 """
 
 import experiments.examples.latent_penalty  # noqa: F401  (registers the model kind)
