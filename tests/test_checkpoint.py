@@ -461,13 +461,18 @@ def test_a_legacy_vpae_checkpoint_restores(tmp_path):
     assert restored.model.decode(restored.model.encode(x)).shape == (2, 2 * 784 + 1)
 
 
-def test_a_legacy_ae_checkpoint_restores(tmp_path):
-    # the earlier `ae` models were the network itself: no `net` level in their tree
+def save_legacy_ae(run_dir):
+    """An earlier `ae` run's step 4: the model was the network itself, no `net` level."""
     net = nets.MLPAutoencoder((28, 28, 1), 8, rngs=nnx.Rngs(params=5))
     state = legacy_state(nnx.state(net, nnx.Param))
     spec = {"kind": "ae", "arch": "mlp", "latent_dim": 8, "image_shape": [28, 28, 1]}
     config = {**LEGACY_CONFIG, "head": "mse", "latent_dim": 8}
-    save_legacy(tmp_path, 4, state, {"config": config, "model": spec, "data": LEGACY_DATA})
+    save_legacy(run_dir, 4, state, {"config": config, "model": spec, "data": LEGACY_DATA})
+    return state, spec
+
+
+def test_a_legacy_ae_checkpoint_restores(tmp_path):
+    state, spec = save_legacy_ae(tmp_path)
     restored = checkpoint.restore_params(tmp_path)
     assert restored.step == 4 and restored.spec == spec
     assert restored.model.head.name == "mse" and restored.model.latent_dim == 8
@@ -521,11 +526,7 @@ def test_fit_resumes_a_legacy_checkpoint(tmp_path):
 
 
 def test_fit_resumes_a_legacy_ae_checkpoint(tmp_path):
-    net = nets.MLPAutoencoder((28, 28, 1), 8, rngs=nnx.Rngs(params=5))
-    state = legacy_state(nnx.state(net, nnx.Param))
-    spec = {"kind": "ae", "arch": "mlp", "latent_dim": 8, "image_shape": [28, 28, 1]}
-    config = {**LEGACY_CONFIG, "head": "mse", "latent_dim": 8}
-    save_legacy(tmp_path, 4, state, {"config": config, "model": spec, "data": LEGACY_DATA})
+    state, spec = save_legacy_ae(tmp_path)
     cfg = jconfig.make(model=dict(latent_dim=8),
                        training=dict(batch_size=64, epochs=2, max_steps=8))  # fmt: skip
     model = models.build({**cfg.model.to_dict(), "image_shape": [28, 28, 1]})

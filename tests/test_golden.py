@@ -59,11 +59,7 @@ def main():
 
 
 @pytest.fixture(scope="module")
-def recomputed():
-    try:
-        data.load_raw("fashion_mnist", "train")
-    except data.DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+def recomputed(fashion_mnist):
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
     root = Path(__file__).parent.parent
     run = subprocess.run(

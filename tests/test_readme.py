@@ -14,19 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxae import data
-
 ROOT = Path(__file__).parent.parent
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 NEW_MODEL = [i for i, code in enumerate(BLOCKS) if "@models.register" in code]
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist():
-    try:
-        data.load_raw("fashion_mnist", "test")
-    except data.DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
 
 
 @pytest.fixture(scope="module")
