@@ -109,10 +109,8 @@ def validate(config) -> ml_collections.ConfigDict:
     for field in (*positive, "training.keep_checkpoints"):
         if not _is_int(flat[field]) or flat[field] < 1:
             bad(field, "must be a positive integer")
-    for field in ("data.val_size", "training.seed", "training.steps_per_call"):
-        if not _is_int(flat[field]) or flat[field] < 0:
-            bad(field, "must be a non-negative integer")
-    for field in ("training.checkpoint_every", "training.max_steps"):
+    counts = ("data.val_size", "training.seed", "training.steps_per_call")
+    for field in (*counts, "training.checkpoint_every", "training.max_steps"):
         if not _is_int(flat[field]) or flat[field] < 0:
             bad(field, "must be a non-negative integer")
     for field in ("optimizer.learning_rate", "optimizer.decay_factor"):

@@ -490,6 +490,18 @@ def test_a_damaged_legacy_checkpoint_is_not_restored(tmp_path):
         checkpoint.restore_params(tmp_path)
 
 
+def fit_on_legacy_images(cfg, run_dir, model):
+    """`train.fit` of `model` with Adam as configured, on the legacy runs' 256 images."""
+    graphdef, params, model_state = objectives.split(model)
+    update = train.single(objectives.loss_fn(graphdef), train.make_optimizer(cfg.optimizer, 4))
+    pre = jdata.Preprocess()
+    return train.fit(
+        cfg, run_dir, params=params, model_state=model_state, update=update,
+        train={"image": LEGACY_IMAGES}, prepare=lambda b, k: {**b, "image": pre(b["image"])},
+        progress=False, model=model.spec,
+    )  # fmt: skip
+
+
 def test_fit_resumes_a_legacy_checkpoint(tmp_path):
     spec = {**models.vpae_spec("normal_diag", 1, "mlp"), "seed": 3}
     state = legacy_state(nnx.state(models.build(spec), nnx.Param))
@@ -499,16 +511,9 @@ def test_fit_resumes_a_legacy_checkpoint(tmp_path):
     cfg = jconfig.make(model=dict(head="normal_diag"), optimizer=dict(learning_rate=1e-3),
                        training=dict(batch_size=64, epochs=2, seed=0, max_steps=8))  # fmt: skip
     model = models.build({**models.vpae_spec("normal_diag", 1, "mlp"), "seed": 0})
-    graphdef, params, model_state = objectives.split(model)
-    update = train.single(objectives.loss_fn(graphdef), train.make_optimizer(cfg.optimizer, 4))
-    pre = jdata.Preprocess()
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorruptCheckpointWarning)
-        result = train.fit(
-            cfg, tmp_path, params=params, model_state=model_state, update=update,
-            train={"image": LEGACY_IMAGES}, prepare=lambda b, k: {**b, "image": pre(b["image"])},
-            progress=False, model=model.spec,
-        )  # fmt: skip
+        result = fit_on_legacy_images(cfg, tmp_path, model)
     assert result.resumed_from == 4 and int(result.state["step"]) == 8
     assert [line["step"] for line in result.history] == [8]
     # Adam's count went on from the legacy opt_state's 4 (a fresh init would end at 4)
@@ -530,12 +535,5 @@ def test_fit_resumes_a_legacy_ae_checkpoint(tmp_path):
     cfg = jconfig.make(model=dict(latent_dim=8),
                        training=dict(batch_size=64, epochs=2, max_steps=8))  # fmt: skip
     model = models.build({**cfg.model.to_dict(), "image_shape": [28, 28, 1]})
-    graphdef, params, model_state = objectives.split(model)
-    update = train.single(objectives.loss_fn(graphdef), train.make_optimizer(cfg.optimizer, 4))
-    pre = jdata.Preprocess()
-    result = train.fit(
-        cfg, tmp_path, params=params, model_state=model_state, update=update,
-        train={"image": LEGACY_IMAGES}, prepare=lambda b, k: {**b, "image": pre(b["image"])},
-        progress=False, model=model.spec,
-    )  # fmt: skip
+    result = fit_on_legacy_images(cfg, tmp_path, model)
     assert result.resumed_from == 4 and int(result.state["step"]) == 8
