@@ -244,4 +244,3 @@ def build(spec: dict, *, force: bool = True) -> Model:
 def num_params(model: nnx.Module) -> int:
     """How many trainable weights `model` has."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-

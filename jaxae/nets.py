@@ -20,6 +20,7 @@ VPAE CNN trains 4.3x faster than with patches and a reshape max-pool
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +269,67 @@ class VPAECNN(nnx.Module):
         return h.reshape(h.shape[0], -1)[:, : self.out_features]
 
 
+class InfoGANAutoencoder(nnx.Module):
+    """The PAE paper's autoencoder (Boehm & Seljak 2020, Sec. 4): infoGAN's MNIST networks
+    (Chen et al. 2016, App. C.1), the discriminator as encoder and the generator as decoder.
+
+    Encoder: conv 64 4x4 s2, leaky ReLU 0.2; conv 128 4x4 s2, BN, leaky ReLU; dense 1024, BN,
+    leaky ReLU; dense K (linear code). Decoder (infoGAN's generator, so ReLU, not leaky):
+    dense 1024, BN, ReLU; dense (H/4)(W/4)128, BN, ReLU; transposed conv 64 4x4 s2, BN, ReLU;
+    transposed conv C 4x4 s2, linear (the data lie in [-0.5, 0.5]). 'SAME' padding:
+    28 -> 14 -> 7 and back (32 -> 16 -> 8 also works). The decoder's dense-layer BatchNorm
+    normalises each of its (H/4)(W/4)128 features before the reshape (as TF's infoGAN on the
+    flat layer); the conv BatchNorms are per channel. BatchNorm: flax defaults, momentum 0.99,
+    epsilon 1e-5; its running statistics are `nnx.BatchStat` model state (`objectives.split`).
+    Initialisation: flax defaults (LeCun normal kernels, zero biases, BN scale 1, offset 0);
+    layers before a BatchNorm keep their (redundant) bias, as PyTorch's defaults do.
+    Its decoder emits one value per pixel: heads with P = H W C (e.g. `mse`).
+    """
+
+    def __init__(self, image_shape, latent_dim: int, *, out_features=None, rngs):
+        h, w, c = image_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"InfoGANAutoencoder needs H and W divisible by 4, got {image_shape}")
+        if out_features not in (None, h * w * c):
+            raise ValueError(
+                f"InfoGANAutoencoder emits one value per pixel ({h * w * c}), not "
+                f"{out_features}: use a head with one parameter per pixel (mse)"
+            )
+        self.hidden = (h // 4, w // 4, 128)
+        n = math.prod(self.hidden)
+        bn = partial(nnx.BatchNorm, momentum=0.99, epsilon=1e-5, rngs=rngs)
+        # encoder: infoGAN's discriminator body
+        self.conv1 = Conv(c, 64, 4, stride=2, rngs=rngs)
+        self.conv2 = Conv(64, 128, 4, stride=2, rngs=rngs)
+        self.bn2 = bn(128)
+        self.dense3 = nnx.Linear(n, 1024, rngs=rngs)
+        self.bn3 = bn(1024)
+        self.to_code = nnx.Linear(1024, latent_dim, rngs=rngs)
+        # decoder: infoGAN's generator
+        self.from_code = nnx.Linear(latent_dim, 1024, rngs=rngs)
+        self.bn_d1 = bn(1024)
+        self.dense_d2 = nnx.Linear(1024, n, rngs=rngs)
+        self.bn_d2 = bn(n)
+        self.up1 = ConvTranspose2x(128, 64, rngs=rngs)
+        self.bn_u1 = bn(64)
+        self.up2 = ConvTranspose2x(64, c, rngs=rngs)
+
+    def encode(self, x):
+        """Images [B, H, W, C] -> codes [B, K]."""
+        act = partial(jax.nn.leaky_relu, negative_slope=0.2)
+        h = act(self.conv1(x))
+        h = act(self.bn2(self.conv2(h)))
+        h = act(self.bn3(self.dense3(h.reshape(h.shape[0], -1))))
+        return self.to_code(h)
+
+    def decode(self, z):
+        """Codes [B, K] -> raw [B, H W C]."""
+        h = jax.nn.relu(self.bn_d1(self.from_code(z)))
+        h = jax.nn.relu(self.bn_d2(self.dense_d2(h))).reshape(z.shape[0], *self.hidden)
+        h = jax.nn.relu(self.bn_u1(self.up1(h)))
+        return self.up2(h).reshape(z.shape[0], -1)
+
+
 # The one registry of architectures: name -> (image_shape, latent_dim, out_features, rngs) ->
 # a network with encode(x) -> code and decode(code) -> raw [B, out_features].
 ARCHS = {
@@ -278,6 +340,9 @@ ARCHS = {
         shape, latent, out_features=out, rngs=rngs
     ),
     "cnn": lambda shape, latent, out, rngs: VPAECNN(shape, out, rngs=rngs),
+    "infogan": lambda shape, latent, out, rngs: InfoGANAutoencoder(
+        shape, latent, out_features=out, rngs=rngs
+    ),
 }
 
 

@@ -108,7 +108,7 @@ def test_same_seed_same_weights():
 def test_unknown_architecture_and_bad_shape():
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         _make("resnet", (28, 28, 1), 8)
-    assert sorted(nets.ARCHS) == ["cnn", "conv", "mlp"]
+    assert sorted(nets.ARCHS) == ["cnn", "conv", "infogan", "mlp"]
     with pytest.raises(ValueError, match="divisible by 4"):
         _make("conv", (30, 30, 1), 8)
     with pytest.raises(ValueError, match="emits one value per pixel"):

@@ -1,0 +1,139 @@
+"""The PAE paper's infoGAN autoencoder (`nets.InfoGANAutoencoder`, arch 'infogan'): shapes, the
+parameter count, BatchNorm through the model interface (train mode updates the running
+statistics and mixes the batch; eval mode does neither), one jitted training step, and its
+stride-2 4x4 convolutions against `lax`."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxae import config as jconfig
+from jaxae import models, nets, objectives, train
+
+SHAPE = (28, 28, 1)
+SPEC = {"kind": "ae", "arch": "infogan", "head": "mse", "latent_dim": 8, "image_shape": [28, 28, 1]}
+
+
+def _images(b, seed=0):
+    return jax.random.uniform(jax.random.PRNGKey(seed), (b, *SHAPE)) - 0.5
+
+
+def _hand_count(k, h=28, w=28, c=1):
+    """The architecture's trainable weights, layer by layer (BatchNorm: scale and offset)."""
+    n = (h // 4) * (w // 4) * 128
+    conv1 = 4 * 4 * c * 64 + 64
+    conv2 = 4 * 4 * 64 * 128 + 128 + 2 * 128
+    dense3 = n * 1024 + 1024 + 2 * 1024
+    code = 1024 * k + k
+    from_code = k * 1024 + 1024 + 2 * 1024
+    dense_d2 = 1024 * n + n + 2 * n
+    up1 = 4 * 4 * 128 * 64 + 64 + 2 * 64
+    up2 = 4 * 4 * 64 * c + c
+    return conv1 + conv2 + dense3 + code + from_code + dense_d2 + up1 + up2
+
+
+@pytest.mark.parametrize("k", [4, 32])
+def test_shapes_and_parameter_count(k):
+    net = nets.make("infogan", SHAPE, k, 784, rngs=nnx.Rngs(0))
+    z = net.encode(_images(3))
+    chex.assert_shape(z, (3, k))
+    chex.assert_shape(net.decode(z), (3, 784))
+    count = sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param)))
+    assert count == _hand_count(k)
+    if k == 32:
+        assert count == 13_200_417
+    # running mean and variance of every BatchNorm: model state, not parameters
+    stats = sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.BatchStat)))
+    assert stats == 2 * (128 + 1024 + 1024 + 6272 + 64)
+
+
+def test_32x32_and_errors():
+    net = nets.make("infogan", (32, 32, 3), 4, 32 * 32 * 3, rngs=nnx.Rngs(0))
+    x = jnp.zeros((2, 32, 32, 3))
+    chex.assert_shape(net.decode(net.encode(x)), (2, 32 * 32 * 3))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        nets.make("infogan", (30, 30, 1), 4, 900, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="one value per pixel"):
+        nets.make("infogan", SHAPE, 4, 2 * 784, rngs=nnx.Rngs(0))
+
+
+def test_train_mode_updates_running_statistics():
+    graphdef, params, state = objectives.split(models.build(SPEC))
+    terms, new_state = jax.jit(objectives.loss_fn(graphdef))(
+        params, state, {"image": _images(4)}, None
+    )
+    chex.assert_shape(terms["mse"], (4,))
+    old, new = jax.tree.leaves(state), jax.tree.leaves(new_state)
+    assert len(old) == len(new) == 10  # mean and var of 5 BatchNorms
+    assert jax.tree.structure(state) == jax.tree.structure(new_state)
+    for a, b in zip(old, new, strict=True):
+        assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_batch_dependence_by_mode(train_mode):
+    """Eval mode: an image's output does not depend on the rest of the batch; train mode
+    (batch statistics): it does."""
+    model = models.build(SPEC)
+    graphdef, params, state = objectives.split(model, train=train_mode)
+    loss = jax.jit(objectives.loss_fn(graphdef))
+    x, other = _images(4, seed=1), _images(4, seed=2)
+    y = jnp.concatenate([x[:1], other[1:]])  # same first image, different companions
+    a = loss(params, state, {"image": x}, None)[0]["mse"][0]
+    b = loss(params, state, {"image": y}, None)[0]["mse"][0]
+    if train_mode:
+        assert not np.allclose(a, b, rtol=1e-4)
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_one_jitted_training_step():
+    graphdef, params, state = objectives.split(models.build(SPEC))
+    update = train.single(objectives.loss_fn(graphdef), optax.adam(1e-3))
+    opt_state = update.init(params)
+    step = jax.jit(update.step)
+    batch = {"image": _images(4)}
+    new_params, new_state, _, metrics = step(params, state, opt_state, batch, None)
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    assert jax.tree.structure(new_params) == jax.tree.structure(params)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    old, new = jax.tree.leaves(params), jax.tree.leaves(new_params)
+    assert all(not np.allclose(a, b) for a, b in zip(old, new, strict=True))
+
+
+def _lax_conv(x, w, stride):
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("size,ci,co", [(28, 1, 64), (14, 64, 128)])
+def test_strided_4x4_conv_matches_lax(size, ci, co):
+    """This network's encoder convolutions: 4x4, stride 2, 'SAME': 28 -> 14 -> 7."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(5))
+    x = jax.random.normal(kx, (2, size, size, ci))
+    w = jax.random.normal(kw, (4, 4, ci, co))
+    y = nets.conv2d_same(x, w, 2)
+    chex.assert_shape(y, (2, size // 2, size // 2, co))
+    np.testing.assert_allclose(y, _lax_conv(x, w, 2), rtol=1e-4, atol=1e-4)
+    g = jax.random.normal(jax.random.PRNGKey(6), y.shape)
+    ours = jax.vjp(lambda x, w: nets.conv2d_same(x, w, 2), x, w)[1](g)
+    ref = jax.vjp(lambda x, w: _lax_conv(x, w, 2), x, w)[1](g)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [32, 4])
+def test_config(k):
+    from experiments.configs import pae_ae
+
+    c = pae_ae.get_config(str(k))
+    jconfig.validate(c)
+    assert (c.model.arch, c.model.head, c.model.latent_dim) == ("infogan", "mse", k)
+    assert (c.data.scale, c.data.dequantize, c.data.val_size) == ("centered", True, 5000)
+    assert tuple(c.optimizer.decay_epochs) == (400,) and c.optimizer.decay_factor == 0.1
+    assert (c.training.epochs, c.training.batch_size) == (500, 128)
+    assert pae_ae.get_config().model.latent_dim == 32
