@@ -86,7 +86,7 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         return test
     trained = objectives.merge(eval_graphdef, parallel.to_host(state["params"]),
                                parallel.to_host(state["model_state"]))  # fmt: skip
-    offset = 0.5 if dc.scale == "centered" else 0.0
+    offset = eval_pre.offset
     x = eval_pre(jnp.asarray(ds.test.images[:16]))
     recon = np.clip(trained.point(trained.decode(trained.encode(x)), jax.random.PRNGKey(0))[0]
                     + offset, 0, 1)  # fmt: skip

@@ -268,12 +268,6 @@ def eval_batch(mesh) -> int:
     return -(-EVAL_BATCH // n) * n
 
 
-def is_density(model, x) -> bool:
-    """Whether the model's likelihood is a density (the mse head's `SquaredError` is not: no
-    NLL, and its 'samples' would be the point itself)."""
-    return bool(getattr(model.likelihood(model.decode(model.encode(x[:1]))), "is_density", True))
-
-
 def run_one(ds, dataset, arch, name, k, settings, sizes, args, mesh, figures: Path) -> dict:
     row = {
         "dataset": dataset,
@@ -333,7 +327,7 @@ def run_one(ds, dataset, arch, name, k, settings, sizes, args, mesh, figures: Pa
     recon = parallel.map_batches(step, batches, b, mesh=mesh)
     mse = float(np.mean((recon - x_eval) ** 2))
     nll = float("nan")
-    if is_density(model, x_eval):
+    if model.has_density:
         loss_fn = objectives.loss_fn(eval_graphdef)
         key = jax.random.PRNGKey(1)
 

@@ -447,7 +447,12 @@ class Preprocess:
             x = (x + u) / 256 if images.dtype == jnp.uint8 else x + u / 256
         elif images.dtype == jnp.uint8:
             x = x / 255
-        return x - 0.5 if self.scale == "centered" else x
+        return x - self.offset if self.offset else x
+
+    @property
+    def offset(self) -> float:
+        """What is subtracted from [0, 1] pixels: 0.5 for 'centered', else 0."""
+        return 0.5 if self.scale == "centered" else 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ class Functions(NamedTuple):
 def functions(restored: checkpoint.Restored) -> Functions:
     """The evaluation functions of any restored model, from the model interface alone."""
     model, config = restored.model, restored.config
-    offset = 0.5 if config.data.scale == "centered" else 0.0  # model inputs are x - offset
+    offset = jdata.Preprocess(config.data.scale).offset  # model inputs are x - offset
     key = jax.random.PRNGKey(0)
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
     log_prob = objectives.log_prob_fn(graphdef)
@@ -159,11 +159,9 @@ def functions(restored: checkpoint.Restored) -> Functions:
     def encode(x):
         return model.encode(x - offset)
 
-    x0 = jnp.zeros((1, *model.image_shape), jnp.float32)
-    code = jax.eval_shape(encode, x0)
-    probe = model.likelihood(model.decode(encode(x0)))
+    code = jax.eval_shape(encode, jnp.zeros((1, *model.image_shape), jnp.float32))
     nll = None
-    if getattr(probe, "is_density", True):
+    if model.has_density:
         nll = jax.jit(lambda x: -log_prob(params, state, {"image": x - offset})["log_prob"])
     has_code = code.ndim == 2
     return Functions(
@@ -186,10 +184,9 @@ def log_prob(model, images, *, scale: str = "unit", batch_size: int = 500, mesh=
     x = _unit(x) if x.dtype == np.uint8 else x
     if x.shape[1:] != tuple(model.image_shape):
         raise ValueError(f"images of shape {x.shape[1:]}, the model takes {model.image_shape}")
-    offset = 0.5 if scale == "centered" else 0.0
-    probe = model.likelihood(model.decode(model.encode(jnp.asarray(x[:1]) - offset)))
-    if not getattr(probe, "is_density", True):
-        raise ValueError(f"a {type(probe).__name__} likelihood is not a density: no log p(x)")
+    offset = jdata.Preprocess(scale).offset
+    if not model.has_density:
+        raise ValueError(f"the {model.head.name!r} likelihood is not a density: no log p(x)")
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
     fn = objectives.log_prob_fn(graphdef)
     out = _batched(lambda b: fn(params, state, {"image": b - offset})["log_prob"], x, batch_size,

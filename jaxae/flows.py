@@ -172,6 +172,18 @@ class Flow(nnx.Module):
     def bijector(self) -> distrax.Bijector:
         raise NotImplementedError
 
+    def _init_couplings(self, k, p, *, n_layers, hidden, n_blocks, param_dtype, rngs):
+        """K, dtype and `n_layers` zero-initialised conditioners emitting `p` raw values each."""
+        if k < 2:
+            raise ValueError(f"{type(self).__name__} needs K >= 2 to couple, got K={k}")
+        self.k, self.param_dtype = k, param_dtype
+        self.conditioners = nnx.List(
+            [
+                ResidualConditioner(k, p, hidden, n_blocks, param_dtype=param_dtype, rngs=rngs)
+                for _ in range(n_layers)
+            ]
+        )
+
     def _check(self, x, name: str):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.k:
@@ -228,17 +240,11 @@ class RealNVP(Flow):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if k < 2:
-            raise ValueError(f"RealNVP needs K >= 2 to couple, got K={k}")
-        self.k, self.param_dtype, self.log_scale_bound = k, param_dtype, log_scale_bound
+        self._init_couplings(k, 2, n_layers=n_layers, hidden=hidden, n_blocks=n_blocks,
+                             param_dtype=param_dtype, rngs=rngs)  # fmt: skip
+        self.log_scale_bound = log_scale_bound
         rng = np.random.default_rng(seed)
         self.perms = tuple(tuple(int(i) for i in rng.permutation(k)) for _ in range(n_layers))
-        self.conditioners = nnx.List(
-            [
-                ResidualConditioner(k, 2, hidden, n_blocks, param_dtype=param_dtype, rngs=rngs)
-                for _ in range(n_layers)
-            ]
-        )
 
     def _affine(self, params):
         c = self.log_scale_bound
@@ -285,17 +291,10 @@ class NeuralSplineFlow(Flow):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if k < 2:
-            raise ValueError(f"NeuralSplineFlow needs K >= 2 to couple, got K={k}")
-        self.k, self.param_dtype, self.bound = k, param_dtype, bound
-        p = 3 * num_bins + 1
         self.linears = nnx.List([LULinear(k, param_dtype=param_dtype) for _ in range(n_layers)])
-        self.conditioners = nnx.List(
-            [
-                ResidualConditioner(k, p, hidden, n_blocks, param_dtype=param_dtype, rngs=rngs)
-                for _ in range(n_layers)
-            ]
-        )
+        self._init_couplings(k, 3 * num_bins + 1, n_layers=n_layers, hidden=hidden,
+                             n_blocks=n_blocks, param_dtype=param_dtype, rngs=rngs)  # fmt: skip
+        self.bound = bound
 
     def _spline(self, params):
         return distrax.RationalQuadraticSpline(

@@ -74,6 +74,13 @@ class Model(nnx.Module):
 
     # --- derived from the interface ------------------------------------------------------------
 
+    @property
+    def has_density(self) -> bool:
+        """Whether `likelihood` is a normalised density (not `SquaredError`): whether the model
+        has an NLL, and whether its draws differ from its point image."""
+        x0 = jnp.zeros((1, *self.image_shape), jnp.float32)
+        return bool(getattr(self.likelihood(self.decode(self.encode(x0))), "is_density", True))
+
     def point(self, raw, key=None, num_samples: int = 50):
         """Point image and per-pixel variance [B, H, W, C] of the likelihood (not clipped).
 

@@ -206,6 +206,19 @@ class MLPAutoencoder(nnx.Module):
         return self.decoder(z)
 
 
+def _per_pixel_net(name: str, image_shape, out_features) -> tuple[int, int, int]:
+    """(H, W, C) of a conv net that halves the image twice and emits one value per pixel."""
+    h, w, c = image_shape
+    if h % 4 or w % 4:
+        raise ValueError(f"{name} needs H and W divisible by 4, got {image_shape}")
+    if out_features not in (None, h * w * c):
+        raise ValueError(
+            f"{name} emits one value per pixel ({h * w * c}), not {out_features}: "
+            "use a head with one parameter per pixel (mse) or the 'mlp' architecture"
+        )
+    return h, w, c
+
+
 class ConvAutoencoder(nnx.Module):
     """Small conv autoencoder: two stride-2 3x3 convs, a dense code, two `ConvTranspose2x`.
 
@@ -213,14 +226,7 @@ class ConvAutoencoder(nnx.Module):
     """
 
     def __init__(self, image_shape, latent_dim: int, *, out_features=None, width=32, rngs):
-        h, w, c = image_shape
-        if h % 4 or w % 4:
-            raise ValueError(f"ConvAutoencoder needs H and W divisible by 4, got {image_shape}")
-        if out_features not in (None, h * w * c):
-            raise ValueError(
-                f"ConvAutoencoder emits one value per pixel ({h * w * c}), not {out_features}: "
-                "use a head with one parameter per pixel (mse) or the 'mlp' architecture"
-            )
+        h, w, c = _per_pixel_net("ConvAutoencoder", image_shape, out_features)
         self.hidden = (h // 4, w // 4, 2 * width)
         n = math.prod(self.hidden)
         self.conv1 = Conv(c, width, 3, stride=2, rngs=rngs)
@@ -287,14 +293,7 @@ class InfoGANAutoencoder(nnx.Module):
     """
 
     def __init__(self, image_shape, latent_dim: int, *, out_features=None, rngs):
-        h, w, c = image_shape
-        if h % 4 or w % 4:
-            raise ValueError(f"InfoGANAutoencoder needs H and W divisible by 4, got {image_shape}")
-        if out_features not in (None, h * w * c):
-            raise ValueError(
-                f"InfoGANAutoencoder emits one value per pixel ({h * w * c}), not "
-                f"{out_features}: use a head with one parameter per pixel (mse)"
-            )
+        h, w, c = _per_pixel_net("InfoGANAutoencoder", image_shape, out_features)
         self.hidden = (h // 4, w // 4, 128)
         n = math.prod(self.hidden)
         bn = partial(nnx.BatchNorm, momentum=0.99, epsilon=1e-5, rngs=rngs)
