@@ -8,7 +8,9 @@
 (`jaxae.config`); ``--config.<section>.<field>=value`` overrides any field. Running it again in
 the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
 ``<workdir>/metrics.jsonl``, ``checkpoints/`` (orbax), ``summary.json`` (test metrics) and
-``reconstructions.png`` (test images above their reconstructions).
+``reconstructions.png`` (test images above their reconstructions). A config with
+``flow.epochs > 0`` then fits the PAE's latent flow to the codes (`jaxae.pae.fit_flow`, in
+``<workdir>/stage2``, resumable too) and adds its summary under ``flow``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ml_collections import config_flags
 
 from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import models, objectives, parallel, plots, train
+from jaxae import models, objectives, pae, parallel, plots, train
 from jaxae.checkpoint import CheckpointError
 
 EVAL_BATCH = 500
@@ -107,6 +109,8 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     }
     if "mse" in test:
         summary["test_psnr_db"] = float(10 * np.log10(1.0 / test["mse"]))
+    if config.flow.epochs:
+        summary["flow"] = pae.fit_flow(config, workdir, dataset=ds, mesh=mesh, progress=progress)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

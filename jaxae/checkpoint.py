@@ -358,8 +358,19 @@ class Restored(NamedTuple):
     meta: dict  # the checkpoint's metadata (config, model, data: num_examples, files, ...)
 
 
-def restore_params(run_dir, step: int | None = None) -> Restored:
+def stage_dirs(run_dir) -> list[Path]:
+    """The run's stages with checkpoints, in order: ``<run>`` (its training), then any later
+    stage ``<run>/stage2``, ``<run>/stage3``... (e.g. the PAE's latent flow, `jaxae.pae`)."""
+    run_dir = Path(run_dir)
+    later = sorted(run_dir.glob("stage[0-9]*"), key=lambda p: int(p.name[5:] or 0))
+    return [run_dir] + [p for p in later if (p / "checkpoints").is_dir()]
+
+
+def restore_params(run_dir, step: int | None = None, *, stage: int | None = None) -> Restored:
     """The model of a run folder (``<run>/checkpoints``) at its newest readable step.
+
+    A run with later stages (`stage_dirs`) gives the last stage's model (the PAE: the
+    autoencoder with its fitted flow); ``stage=1`` the first stage's (the autoencoder alone).
 
     Reads only the parameters and model state, so how the run was trained (optimizer,
     schedule, parameter groups) does not matter. A step that cannot be read is skipped with a
@@ -371,7 +382,13 @@ def restore_params(run_dir, step: int | None = None) -> Restored:
     from jaxae import config as jconfig
     from jaxae import models
 
-    ckpt_dir = Path(run_dir) / "checkpoints"
+    stages = stage_dirs(run_dir)
+    if stage is not None and not 1 <= stage <= len(stages):
+        raise FileNotFoundError(f"{run_dir} has {len(stages)} stage(s), not stage {stage}")
+    if stage is None and len(stages) > 1:  # a later stage counts once it has a checkpoint
+        stage = next((i + 1 for i in range(len(stages) - 1, 0, -1)
+                      if any(c.name.isdigit() for c in (stages[i] / "checkpoints").iterdir())), 1)  # fmt: skip
+    ckpt_dir = stages[(stage or 1) - 1] / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} does not exist: is {run_dir} a training run folder?")
     with Checkpointer(ckpt_dir, save_every=1) as ckpt:

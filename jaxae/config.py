@@ -26,6 +26,9 @@ RESUMABLE = (
     "training.steps_per_call",
     "training.checkpoint_every",
     "training.keep_checkpoints",
+    # the latent flow's stage runs after training and checks its own resume (`jaxae.pae`)
+    *(f"flow.{k}" for k in ("epochs", "kind", "layers", "hidden", "blocks", "bins",
+                            "batch_size", "learning_rate", "patience")),  # fmt: skip
 )
 
 
@@ -45,6 +48,8 @@ def default() -> ml_collections.ConfigDict:
         head="mse",  # `jaxae.heads.HEADS`; 'mse' is the plain autoencoder
         k=1,  # mixture components of the head
         latent_dim=32,
+        beta=1.0,  # the VAE's beta-VAE weight (PAE paper Eq. 15); 1 with capacity 0: plain VAE
+        capacity=0.0,  # the beta-VAE's target KL C in nats (Eq. 15)
     )
     c.optimizer = dict(
         name="adam",
@@ -60,6 +65,17 @@ def default() -> ml_collections.ConfigDict:
         checkpoint_every=0,  # steps; 0: at the end of every epoch
         keep_checkpoints=3,
         max_steps=0,  # stop after this global step (0: all epochs); resuming continues
+    )
+    c.flow = dict(  # the PAE's second stage (Boehm & Seljak 2020, Sec. 2.1; `jaxae.pae`)
+        epochs=0,  # > 0: after training, fit a normalizing flow to the codes (Eq. 5)
+        kind="",  # 'realnvp' | 'nsf'; '': the paper's rule, RealNVP for K <= 32, else NSF
+        layers=8,  # couplings
+        hidden=128,  # units of each conditioner's residual blocks
+        blocks=2,  # residual blocks per conditioner
+        bins=8,  # spline bins (NSF)
+        batch_size=256,
+        learning_rate=1e-3,  # Adam
+        patience=10,  # early stopping: epochs without a better validation NLL
     )
     return c
 
@@ -105,18 +121,28 @@ def validate(config) -> ml_collections.ConfigDict:
     ):
         if flat[field] not in choices:
             bad(field, f"must be one of {', '.join(choices)}")
-    positive = ("model.k", "model.latent_dim", "training.batch_size", "training.epochs")
+    from jaxae import flows
+
+    if flat["flow.kind"] not in ("", *flows.FLOWS):
+        bad("flow.kind", f"must be '' (the paper's rule) or one of {', '.join(flows.FLOWS)}")
+    positive = ("model.k", "model.latent_dim", "training.batch_size", "training.epochs",
+                *(f"flow.{k}" for k in ("layers", "hidden", "blocks", "bins", "batch_size",
+                                        "patience")))  # fmt: skip
     for field in (*positive, "training.keep_checkpoints"):
         if not _is_int(flat[field]) or flat[field] < 1:
             bad(field, "must be a positive integer")
-    counts = ("data.val_size", "training.seed", "training.steps_per_call")
+    counts = ("data.val_size", "training.seed", "training.steps_per_call", "flow.epochs")
     for field in (*counts, "training.checkpoint_every", "training.max_steps"):
         if not _is_int(flat[field]) or flat[field] < 0:
             bad(field, "must be a non-negative integer")
-    for field in ("optimizer.learning_rate", "optimizer.decay_factor"):
+    for field in ("optimizer.learning_rate", "optimizer.decay_factor", "flow.learning_rate"):
         v = flat[field]
         if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):
             bad(field, "must be a finite number > 0")
+    if not isinstance(flat["model.beta"], int | float) or not flat["model.beta"] > 0:
+        bad("model.beta", "must be a number > 0")
+    if not isinstance(flat["model.capacity"], int | float) or not flat["model.capacity"] >= 0:
+        bad("model.capacity", "must be a number >= 0")
     if not all(_is_int(e) and e > 0 for e in flat["optimizer.decay_epochs"]):
         bad("optimizer.decay_epochs", "must be positive integers")
     return config

@@ -13,8 +13,9 @@ dataset, and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
 - samples, for each sampler the model supports: FID, KID, precision/recall. Latent-code models
   (the MLP autoencoders, the VAE) have `prior` (decode z ~ N(0, I), the VAE's own sampler) and
   `gaussian` (decode codes from a full-covariance Gaussian fitted ex post to the training codes,
-  the simplest of the regularized-AE family's ex-post densities). The VPAE's CNN has no code, so
-  it has no sampler.
+  the simplest of the regularized-AE family's ex-post densities); a PAE run (the last stage of
+  its folder, `checkpoint.restore_params`) also has `flow`, its fitted latent flow (Eq. 6). The
+  VPAE's CNN has no code, so it has no sampler.
 
 The protocol (`jaxae.metrics.PROTOCOL`): 10,000 generated samples against the 10,000 test
 images, pixels in [0, 1] before the Inception transform. `--quick` (or other counts) is allowed
@@ -206,10 +207,16 @@ def _unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
 
 
-def samplers(fns: Functions, train_images, pad_to_32: bool = False) -> dict:
-    """name -> (key, n) -> codes [n, d], for the latent-code samplers the model supports."""
+def samplers(fns: Functions, train_images, pad_to_32: bool = False, model=None) -> dict:
+    """name -> (key, n) -> codes [n, d], for the latent-code samplers the model supports:
+    'prior' (N(0, I)), 'gaussian' (a Gaussian fitted to the training codes) and, for a model
+    with a fitted latent density (the PAE), 'flow' (its ``sample_codes``, Eq. 6)."""
     if fns.decode is None or train_images is None:
         return {}
+    fitted = getattr(model, "fitted", None)
+    latent = {}
+    if hasattr(model, "sample_codes") and fitted is not None and int(fitted[...]):
+        latent["flow"] = lambda key, n: np.asarray(model.sample_codes(key, n))
     if pad_to_32:
         train_images = jdata.pad32(train_images)
     codes = _batched(fns.encode, _unit(train_images)).astype(np.float64)
@@ -223,7 +230,7 @@ def samplers(fns: Functions, train_images, pad_to_32: bool = False) -> dict:
         eps = np.asarray(jax.random.normal(key, (n, len(mean))), np.float64)
         return (mean + eps @ chol.T).astype(np.float32)
 
-    return {"prior": prior, "gaussian": gaussian}
+    return {"prior": prior, "gaussian": gaussian, **latent}
 
 
 # --- the evaluation ---------------------------------------------------------------------------
@@ -295,7 +302,7 @@ def evaluate_run(
             "likelihood (metrics.bits_per_dim)",
         }
     train_images = jdata.load_raw(dc.dataset, "train", data_dir).images if fid else None
-    for i, (name, draw) in enumerate(samplers(fns, train_images, dc.pad_to_32).items()):
+    for i, (name, draw) in enumerate(samplers(fns, train_images, dc.pad_to_32, restored.model).items()):
         if only_samplers is not None and name not in only_samplers:
             continue
         codes = draw(jax.random.PRNGKey(seed * 1000 + i), num_samples)

@@ -161,28 +161,57 @@ class MAFAutoencoder(Autoencoder):
 
 
 class VAE(Model):
-    """The VPAE paper's VAE: a diagonal-Normal posterior over the code, KL to N(0, I)."""
+    """A VAE: a diagonal-Normal posterior over the code, KL to N(0, I).
+
+    With `arch` None or 'mlp', the VPAE paper's: encoder Dense(2 x 32, ReLU) -> q(z|x) =
+    N(first 32, diag(1e-6 + softplus(last 32))), decoder Dense(32 -> P). With another `arch`, a
+    network of
+    `nets.ARCHS` whose encoder emits the 2K posterior values (mean, raw scale) and whose decoder
+    emits the head's raw parameters (the PAE paper's VAEs: `infogan`).
+
+    ``beta`` and ``capacity`` give the beta-VAE of Higgins et al. 2017 in the PAE paper's form,
+    Eq. 15: the regularizer beta |KL(q(z|x) || N(0, I)) - C| per example (term ``'beta_kl'``);
+    beta = 1, C = 0 is the plain VAE (term ``'kl'``).
+    """
 
     kind = "vae"
 
-    def __init__(self, head: Head, latent_dim: int = 32, *, seed: int = 0):
+    def __init__(self, head: Head, latent_dim: int = 32, *, arch: str | None = None,
+                 beta: float = 1.0, capacity: float = 0.0, seed: int = 0):  # fmt: skip
+        if beta <= 0 or capacity < 0:
+            raise ValueError(f"beta-VAE needs beta > 0 and capacity C >= 0, got {beta}, {capacity}")
         self.head, self.latent_dim, self.image_shape = head, latent_dim, head.image_shape
+        arch = None if arch == "mlp" else arch  # the MLP's layers, named as before `arch`
+        self.arch, self.beta, self.capacity = arch, float(beta), float(capacity)
         rngs = nnx.Rngs(params=seed)
-        self.encoder = nnx.Linear(head.dim, 2 * latent_dim, kernel_init=GLOROT, rngs=rngs)
-        self.decoder = nnx.Linear(latent_dim, head.num_params, kernel_init=GLOROT, rngs=rngs)
+        if arch is None:
+            self.encoder = nnx.Linear(head.dim, 2 * latent_dim, kernel_init=GLOROT, rngs=rngs)
+            self.decoder = nnx.Linear(latent_dim, head.num_params, kernel_init=GLOROT, rngs=rngs)
+        else:
+            self.net = nets.make(arch, head.image_shape, latent_dim, head.num_params,
+                                 code_features=2 * latent_dim, rngs=rngs)  # fmt: skip
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
-        return cls(head, spec.get("latent_dim", 32), seed=seed)
+        return cls(head, spec.get("latent_dim", 32), arch=spec.get("arch"),
+                   beta=spec.get("beta", 1.0), capacity=spec.get("capacity", 0.0), seed=seed)  # fmt: skip
 
     @property
     def spec(self) -> dict:
-        return {"kind": self.kind, "head": self.head.name, "k": self.head.k,
+        spec = {"kind": self.kind, "head": self.head.name, "k": self.head.k,
                 "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
+        if self.arch is not None:
+            spec["arch"] = self.arch
+        if (self.beta, self.capacity) != (1.0, 0.0):
+            spec.update(beta=self.beta, capacity=self.capacity)
+        return spec
 
     def posterior(self, x) -> distrax.Distribution:
         """q(z | x), a diagonal Normal over the code."""
-        h = jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
+        if self.arch is None:
+            h = jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
+        else:
+            h = self.net.encode(x)
         d = self.latent_dim
         return distrax.MultivariateNormalDiag(h[:, :d], positive(h[:, d:]))
 
@@ -190,18 +219,100 @@ class VAE(Model):
         return self.posterior(x).mean()
 
     def decode(self, z):
-        return self.decoder(z)
+        return self.decoder(z) if self.arch is None else self.net.decode(z).reshape(z.shape[0], -1)
 
     def latent(self, x, key=None):
-        """A posterior sample drawn with `key` (the mean if None), and its KL to N(0, I)."""
+        """A posterior sample drawn with `key` (the mean if None), and the KL term (Eq. 15)."""
         q = self.posterior(x)
         z = q.mean() if key is None else q.sample(seed=key)
         d = self.latent_dim
-        prior = distrax.MultivariateNormalDiag(jnp.zeros(d), jnp.ones(d))
-        return z, {"kl": q.kl_divergence(prior)}
+        kl = q.kl_divergence(distrax.MultivariateNormalDiag(jnp.zeros(d), jnp.ones(d)))
+        if (self.beta, self.capacity) == (1.0, 0.0):
+            return z, {"kl": kl}
+        return z, {"beta_kl": self.beta * jnp.abs(kl - self.capacity)}
 
 
-KINDS: dict[str, type[Model]] = {"ae": Autoencoder, "maf": MAFAutoencoder, "vae": VAE}
+class NotFittedError(RuntimeError):
+    """A PAE used for densities, scores or samples before its noise map and flow are fitted."""
+
+
+class FittedState(nnx.Variable):
+    """Values measured after training (the PAE's noise map, code standardisation): model
+    state, saved with the checkpoint, never trained."""
+
+
+class PAE(Autoencoder):
+    """The Probabilistic Auto-Encoder (Boehm & Seljak 2020, Sec. 2): an autoencoder whose codes
+    get a normalizing-flow density, fitted after the autoencoder (`jaxae.pae.fit_flow`).
+
+    - Networks: any `nets.ARCHS` autoencoder (the paper's: `infogan`) with the `mse` head, so
+      `objectives.terms` is the AE's loss, Eq. 2.
+    - ``flow``: a `jaxae.flows` flow b over standardised codes (z - loc) / scale. The
+      standardisation is a fixed affine bijector: ``latent_flow(z)`` = (u, log|det du/dz|) of
+      the whole map z -> u, so ``latent_log_prob`` is the density of Eq. 5 over z itself.
+    - Model state (`FittedState`): ``sigma`` [N], the per-pixel noise of the implicit Gaussian
+      likelihood, Eq. 8; ``code_loc``, ``code_scale`` [K]; ``fitted``, 0 until the noise map and
+      the flow have been fitted.
+    """
+
+    kind = "pae"
+
+    def __init__(self, head: Head, arch: str = "infogan", latent_dim: int = 32, *,
+                 flow: dict | None = None, seed: int = 0):  # fmt: skip
+        rngs = nnx.Rngs(params=seed)
+        self._init_net(head, arch, latent_dim, rngs)
+        self.flow_spec = flow_spec(latent_dim, flow)
+        fs = self.flow_spec
+        kw = {"n_layers": fs["layers"], "hidden": fs["hidden"], "n_blocks": fs["blocks"]}
+        kw.update(num_bins=fs["bins"]) if fs["kind"] == "nsf" else kw.update(seed=seed)
+        self.flow = flows.make(fs["kind"], latent_dim, rngs=rngs, **kw)
+        self.sigma = FittedState(jnp.ones((head.dim,), jnp.float32))
+        self.code_loc = FittedState(jnp.zeros((latent_dim,), jnp.float32))
+        self.code_scale = FittedState(jnp.ones((latent_dim,), jnp.float32))
+        self.fitted = FittedState(jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        return cls(head, spec.get("arch", "infogan"), spec.get("latent_dim", 32),
+                   flow=spec.get("flow"), seed=seed)  # fmt: skip
+
+    @property
+    def spec(self) -> dict:
+        return {**super().spec, "flow": dict(self.flow_spec)}
+
+    def check_fitted(self, use: str = "this") -> None:
+        """Raise `NotFittedError` unless the noise map and the flow have been fitted."""
+        if not int(self.fitted[...]):
+            raise NotFittedError(
+                f"{use} needs a fitted PAE, but this one's noise map and latent flow have not "
+                "been fitted: run the flow stage (config flow.epochs > 0, `jaxae.pae.fit_flow`) "
+                "and restore the run folder"
+            )
+
+    def latent_flow(self, z):
+        """(u, log|det du/dz|) of z [..., K] -> u = b((z - loc) / scale)."""
+        loc, scale = self.code_loc[...], self.code_scale[...]
+        u, log_det = self.flow.forward((z - loc) / scale)
+        return u, log_det - jnp.sum(jnp.log(scale))
+
+    def latent_log_prob(self, z):
+        """log p(z) of codes z [..., K] under the flow (Eq. 5)."""
+        u, log_det = self.latent_flow(z)
+        return -0.5 * jnp.sum(u**2, axis=-1) - 0.5 * self.latent_dim * math.log(2 * math.pi) + log_det
+
+    def sample_codes(self, key, n: int):
+        """z = b^-1(u), u ~ N(0, I): the latent part of Eq. 6. Returns [n, K]."""
+        return self.flow.sample(key, n) * self.code_scale[...] + self.code_loc[...]
+
+
+def flow_spec(latent_dim: int, flow: dict | None = None) -> dict:
+    """The PAE's flow description, defaults filled in (kind '': the paper's rule for K)."""
+    spec = {"kind": "", "layers": 8, "hidden": 128, "blocks": 2, "bins": 8, **(flow or {})}
+    spec["kind"] = spec["kind"] or flows.default_kind(latent_dim)
+    return spec
+
+
+KINDS: dict[str, type[Model]] = {"ae": Autoencoder, "maf": MAFAutoencoder, "vae": VAE, "pae": PAE}
 
 
 def register(kind: str):

@@ -193,10 +193,12 @@ class ConvTranspose2x(nnx.Module):
 class MLPAutoencoder(nnx.Module):
     """x -> ReLU(Dense(latent)) -> Dense(out): the 784-32-784 autoencoder of the VPAE paper."""
 
-    def __init__(self, image_shape, latent_dim: int, *, out_features: int | None = None, rngs):
+    def __init__(
+        self, image_shape, latent_dim: int, *, out_features=None, code_features=None, rngs
+    ):
         d = math.prod(image_shape)
         init = jax.nn.initializers.glorot_uniform()
-        self.encoder = nnx.Linear(d, latent_dim, kernel_init=init, rngs=rngs)
+        self.encoder = nnx.Linear(d, code_features or latent_dim, kernel_init=init, rngs=rngs)
         self.decoder = nnx.Linear(latent_dim, out_features or d, kernel_init=init, rngs=rngs)
 
     def encode(self, x):
@@ -206,17 +208,26 @@ class MLPAutoencoder(nnx.Module):
         return self.decoder(z)
 
 
-def _per_pixel_net(name: str, image_shape, out_features) -> tuple[int, int, int]:
-    """(H, W, C) of a conv net that halves the image twice and emits one value per pixel."""
+def _per_pixel_net(name: str, image_shape, out_features) -> tuple[int, int, int, int]:
+    """(H, W, C, M) of a conv net that halves the image twice and emits M values per pixel."""
     h, w, c = image_shape
     if h % 4 or w % 4:
         raise ValueError(f"{name} needs H and W divisible by 4, got {image_shape}")
-    if out_features not in (None, h * w * c):
+    n = h * w * c
+    if out_features is not None and (out_features <= 0 or out_features % n):
         raise ValueError(
-            f"{name} emits one value per pixel ({h * w * c}), not {out_features}: "
-            "use a head with one parameter per pixel (mse) or the 'mlp' architecture"
+            f"{name} emits a whole number of values per pixel (a multiple of {n}), not "
+            f"{out_features}: use a head with per-pixel parameters or the 'mlp' architecture"
         )
-    return h, w, c
+    return h, w, c, (out_features or n) // n
+
+
+def _per_pixel_out(y, m: int):
+    """[B, H, W, M C] -> [B, M H W C]: each of the M per-pixel parameters as one block, the
+    layout of the heads' raw vectors (e.g. the `vae` head's loc, then scale)."""
+    b, h, w, mc = y.shape
+    y = y.reshape(b, h, w, m, mc // m)
+    return jnp.moveaxis(y, 3, 1).reshape(b, -1)
 
 
 class ConvAutoencoder(nnx.Module):
@@ -225,16 +236,19 @@ class ConvAutoencoder(nnx.Module):
     Its decoder emits one value per pixel, so it serves heads with P = H W C (e.g. `mse`).
     """
 
-    def __init__(self, image_shape, latent_dim: int, *, out_features=None, width=32, rngs):
-        h, w, c = _per_pixel_net("ConvAutoencoder", image_shape, out_features)
+    def __init__(
+        self, image_shape, latent_dim: int, *, out_features=None, code_features=None, width=32,
+        rngs,
+    ):
+        h, w, c, self.per_pixel = _per_pixel_net("ConvAutoencoder", image_shape, out_features)
         self.hidden = (h // 4, w // 4, 2 * width)
         n = math.prod(self.hidden)
         self.conv1 = Conv(c, width, 3, stride=2, rngs=rngs)
         self.conv2 = Conv(width, 2 * width, 3, stride=2, rngs=rngs)
-        self.to_code = nnx.Linear(n, latent_dim, rngs=rngs)
+        self.to_code = nnx.Linear(n, code_features or latent_dim, rngs=rngs)
         self.from_code = nnx.Linear(latent_dim, n, rngs=rngs)
         self.up1 = ConvTranspose2x(2 * width, width, rngs=rngs)
-        self.up2 = ConvTranspose2x(width, c, rngs=rngs)
+        self.up2 = ConvTranspose2x(width, self.per_pixel * c, rngs=rngs)
 
     def encode(self, x):
         h = jax.nn.relu(self.conv1(x))
@@ -243,7 +257,7 @@ class ConvAutoencoder(nnx.Module):
 
     def decode(self, z):
         h = jax.nn.relu(self.from_code(z)).reshape(z.shape[0], *self.hidden)
-        return self.up2(jax.nn.relu(self.up1(h))).reshape(z.shape[0], -1)
+        return _per_pixel_out(self.up2(jax.nn.relu(self.up1(h))), self.per_pixel)
 
 
 class VPAECNN(nnx.Module):
@@ -289,11 +303,14 @@ class InfoGANAutoencoder(nnx.Module):
     epsilon 1e-5; its running statistics are `nnx.BatchStat` model state (`objectives.split`).
     Initialisation: flax defaults (LeCun normal kernels, zero biases, BN scale 1, offset 0);
     layers before a BatchNorm keep their (redundant) bias, as PyTorch's defaults do.
-    Its decoder emits one value per pixel: heads with P = H W C (e.g. `mse`).
+    Its decoder emits M values per pixel (last conv: M C channels), for heads with
+    P = M H W C (`mse`: M = 1; the VAE's `vae` head, loc and scale: M = 2); its encoder emits
+    `code_features` values (default K; a VAE's posterior mean and scale: 2K).
     """
 
-    def __init__(self, image_shape, latent_dim: int, *, out_features=None, rngs):
-        h, w, c = _per_pixel_net("InfoGANAutoencoder", image_shape, out_features)
+    def __init__(self, image_shape, latent_dim: int, *, out_features=None, code_features=None,
+                 rngs):  # fmt: skip
+        h, w, c, self.per_pixel = _per_pixel_net("InfoGANAutoencoder", image_shape, out_features)
         self.hidden = (h // 4, w // 4, 128)
         n = math.prod(self.hidden)
         bn = partial(nnx.BatchNorm, momentum=0.99, epsilon=1e-5, rngs=rngs)
@@ -303,7 +320,7 @@ class InfoGANAutoencoder(nnx.Module):
         self.bn2 = bn(128)
         self.dense3 = nnx.Linear(n, 1024, rngs=rngs)
         self.bn3 = bn(1024)
-        self.to_code = nnx.Linear(1024, latent_dim, rngs=rngs)
+        self.to_code = nnx.Linear(1024, code_features or latent_dim, rngs=rngs)
         # decoder: infoGAN's generator
         self.from_code = nnx.Linear(latent_dim, 1024, rngs=rngs)
         self.bn_d1 = bn(1024)
@@ -311,7 +328,7 @@ class InfoGANAutoencoder(nnx.Module):
         self.bn_d2 = bn(n)
         self.up1 = ConvTranspose2x(128, 64, rngs=rngs)
         self.bn_u1 = bn(64)
-        self.up2 = ConvTranspose2x(64, c, rngs=rngs)
+        self.up2 = ConvTranspose2x(64, self.per_pixel * c, rngs=rngs)
 
     def encode(self, x):
         """Images [B, H, W, C] -> codes [B, K]."""
@@ -326,27 +343,31 @@ class InfoGANAutoencoder(nnx.Module):
         h = jax.nn.relu(self.bn_d1(self.from_code(z)))
         h = jax.nn.relu(self.bn_d2(self.dense_d2(h))).reshape(z.shape[0], *self.hidden)
         h = jax.nn.relu(self.bn_u1(self.up1(h)))
-        return self.up2(h).reshape(z.shape[0], -1)
+        return _per_pixel_out(self.up2(h), self.per_pixel)
 
 
-# The one registry of architectures: name -> (image_shape, latent_dim, out_features, rngs) ->
-# a network with encode(x) -> code and decode(code) -> raw [B, out_features].
+# The one registry of architectures: name -> (image_shape, latent_dim, out_features, code_features,
+# rngs) -> a network with encode(x) -> code [B, code_features or latent_dim] and
+# decode(code [B, latent_dim]) -> raw [B, out_features].
 ARCHS = {
-    "mlp": lambda shape, latent, out, rngs: MLPAutoencoder(
-        shape, latent, out_features=out, rngs=rngs
+    "mlp": lambda shape, latent, out, code, rngs: MLPAutoencoder(
+        shape, latent, out_features=out, code_features=code, rngs=rngs
     ),
-    "conv": lambda shape, latent, out, rngs: ConvAutoencoder(
-        shape, latent, out_features=out, rngs=rngs
+    "conv": lambda shape, latent, out, code, rngs: ConvAutoencoder(
+        shape, latent, out_features=out, code_features=code, rngs=rngs
     ),
-    "cnn": lambda shape, latent, out, rngs: VPAECNN(shape, out, rngs=rngs),
-    "infogan": lambda shape, latent, out, rngs: InfoGANAutoencoder(
-        shape, latent, out_features=out, rngs=rngs
+    "cnn": lambda shape, latent, out, code, rngs: VPAECNN(shape, out, rngs=rngs),
+    "infogan": lambda shape, latent, out, code, rngs: InfoGANAutoencoder(
+        shape, latent, out_features=out, code_features=code, rngs=rngs
     ),
 }
 
 
-def make(arch: str, image_shape, latent_dim: int, out_features: int, *, rngs) -> nnx.Module:
-    """The network `arch` of `ARCHS` for images of `image_shape`, emitting `out_features`."""
+def make(
+    arch: str, image_shape, latent_dim: int, out_features: int, *, rngs, code_features=None
+) -> nnx.Module:
+    """The network `arch` of `ARCHS` for images of `image_shape`, emitting `out_features`
+    (and, from its encoder, `code_features`: default `latent_dim`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}: choose one of {sorted(ARCHS)}")
-    return ARCHS[arch](tuple(image_shape), latent_dim, out_features, rngs)
+    return ARCHS[arch](tuple(image_shape), latent_dim, out_features, code_features, rngs)

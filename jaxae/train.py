@@ -184,18 +184,27 @@ def make_optimizer(opt, steps_per_epoch: int) -> optax.GradientTransformation:
 # --- State -------------------------------------------------------------------------------------
 
 
-def init_state(params, update, seed: int, model_state=None) -> dict:
+def init_state(params, update, seed: int, model_state=None, *, keep_best: bool = False) -> dict:
     """The train state pytree ``{params, model_state, opt_state, step, key}`` (host values).
 
     `update` is an `Update` (or any optax transformation: its ``init`` is all that is used).
+    `keep_best` (early stopping) adds ``best``: a copy of the parameters and model state at the
+    best evaluation so far, its value and epoch, and whether the run has stopped.
     """
-    return {
+    model_state = nnx.State({}) if model_state is None else model_state
+    state = {
         "params": params,
-        "model_state": nnx.State({}) if model_state is None else model_state,
+        "model_state": model_state,
         "opt_state": update.init(params),
         "step": np.int32(0),
         "key": np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), 1)),
     }
+    if keep_best:
+        copy = lambda tree: jax.tree.map(lambda x: np.array(x, copy=True), tree)  # noqa: E731
+        state["best"] = {"params": copy(params), "model_state": copy(model_state),
+                         "value": np.float32(np.inf), "epoch": np.int32(0),
+                         "stopped": np.int32(0)}  # fmt: skip
+    return state
 
 
 def data_key(seed: int) -> jax.Array:
@@ -337,6 +346,16 @@ class FitResult(NamedTuple):
     resumed_from: int | None
 
 
+class EarlyStopping(NamedTuple):
+    """Stop when ``eval_<metric>`` (lower is better) has not improved by more than `min_delta`
+    for `patience` epochs; the run then ends (and its last checkpoint holds) the parameters and
+    model state of its best epoch. A run that reaches ``training.epochs`` ends with them too."""
+
+    metric: str
+    patience: int
+    min_delta: float = 0.0
+
+
 def fit(
     config,
     workdir: str | Path,
@@ -351,6 +370,7 @@ def fit(
     progress: bool = True,
     model: dict | None = None,
     data_files=(),
+    early_stopping: EarlyStopping | None = None,
 ) -> FitResult:
     """Train (or resume) until ``training.epochs`` epochs or ``training.max_steps`` steps.
 
@@ -369,6 +389,9 @@ def fit(
       model: JSON description of the model (`jaxae.models.build` rebuilds it), saved with
         every checkpoint so that the run can be restored and evaluated later.
       data_files: the files the training data was read from, saved with every checkpoint.
+      early_stopping: stop on a plateau of one of `eval_fn`'s metrics (`EarlyStopping`); the
+        train state then carries the best parameters (``state['best']``), so a resumed run
+        stops at the same epoch with the same result.
 
     Returns:
       `FitResult` with the final state, the logged metric lines, and the step resumed from.
@@ -399,7 +422,12 @@ def fit(
         total = min(total, tc.max_steps)
 
     # --- State and checkpoint.
-    host_state = jax.device_get(init_state(params, update, tc.seed, model_state))
+    if early_stopping is not None and eval_fn is None:
+        raise ValueError("early stopping needs an eval_fn whose metric it watches")
+    keep_best = early_stopping is not None
+    host_state = jax.device_get(
+        init_state(params, update, tc.seed, model_state, keep_best=keep_best)
+    )
 
     def init_fn():
         return parallel.replicate(host_state, mesh)
@@ -418,7 +446,8 @@ def fit(
             _check_resumable(saved, config, num_examples)
         _trim_log(workdir / "metrics.jsonl", int(state["step"]))
         chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
-        loop = _Loop(ckpt, every, chunk_fn, data, tc, steps_per_epoch, total, meta)
+        loop = _Loop(ckpt, every, chunk_fn, data, tc, steps_per_epoch, total, meta,
+                     early_stopping)  # fmt: skip
         state, history = loop.run(state, workdir, eval_fn, progress)
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
@@ -454,6 +483,25 @@ class _Loop(NamedTuple):
     steps_per_epoch: int
     total: int
     meta: dict
+    early_stopping: EarlyStopping | None = None
+
+    def _track_best(self, state, line: dict, epoch: int):
+        """(state with `best` updated from this epoch's evaluation, whether to stop now)."""
+        es, best = self.early_stopping, state["best"]
+        value = line.get(f"eval_{es.metric}")
+        if value is None:
+            raise ValueError(f"early stopping watches eval_{es.metric}, which eval_fn lacks")
+        put = lambda x: jax.device_put(x, state["step"].sharding)  # noqa: E731
+        if value < float(best["value"]) - es.min_delta:
+            copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 (params get donated)
+            best = {**best, "params": copy(state["params"]),
+                    "model_state": copy(state["model_state"]),
+                    "value": put(np.float32(value)), "epoch": put(np.int32(epoch))}  # fmt: skip
+        stop = epoch - int(best["epoch"]) >= es.patience or int(state["step"]) >= self.total
+        if stop:  # end with the best epoch's model
+            best = {**best, "stopped": put(np.int32(1))}
+            state = {**state, "params": best["params"], "model_state": best["model_state"]}
+        return {**state, "best": best}, stop
 
     def run(self, state, workdir, eval_fn, progress):
         tc, steps_per_epoch, total = self.tc, self.steps_per_epoch, self.total
@@ -463,11 +511,12 @@ class _Loop(NamedTuple):
         history, perm, perm_epoch = [], None, -1
         last_saved = self.ckpt.latest_step()
         lead = jax.process_index() == 0  # one process writes the log and shows the bar
+        stopped = self.early_stopping is not None and int(state["best"]["stopped"])
         with (
             open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as log,
             tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
         ):
-            while step < total:
+            while step < total and not stopped:
                 epoch, offset = divmod(step, steps_per_epoch)
                 if epoch != perm_epoch:
                     perm, perm_epoch = epoch_permutation(key, epoch, num_examples), epoch
@@ -489,6 +538,9 @@ class _Loop(NamedTuple):
                 }
                 if step % steps_per_epoch == 0 and eval_fn is not None:
                     line.update({f"eval_{k}": float(v) for k, v in eval_fn(state).items()})
+                    if self.early_stopping is not None:
+                        state, stopped = self._track_best(state, line, step // steps_per_epoch)
+                        line["best_epoch"] = int(state["best"]["epoch"])
                 log.write(json.dumps(line) + "\n")
                 log.flush()
                 history.append(line)
@@ -497,7 +549,11 @@ class _Loop(NamedTuple):
                 position = {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
                             "step": step}  # fmt: skip
                 meta = {**self.meta, "data": {**self.meta["data"], **position}}
-                if self.ckpt.save(step, state, meta, force=step == total):
+                if stopped:
+                    meta["early_stopping"] = {**self.early_stopping._asdict(),
+                                              "best_epoch": int(state["best"]["epoch"]),
+                                              "best_value": float(state["best"]["value"])}  # fmt: skip
+                if self.ckpt.save(step, state, meta, force=step == total or stopped):
                     last_saved = step
         return state, history
 

@@ -57,8 +57,25 @@ def test_32x32_and_errors():
     chex.assert_shape(net.decode(net.encode(x)), (2, 32 * 32 * 3))
     with pytest.raises(ValueError, match="divisible by 4"):
         nets.make("infogan", (30, 30, 1), 4, 900, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="one value per pixel"):
-        nets.make("infogan", SHAPE, 4, 2 * 784, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="whole number of values per pixel"):
+        nets.make("infogan", SHAPE, 4, 2 * 784 + 1, rngs=nnx.Rngs(0))
+
+
+def test_two_values_per_pixel_and_wide_code():
+    """A VAE's infoGAN net: encoder emits 2K, decoder 2 values per pixel as two blocks."""
+    net = nets.make("infogan", SHAPE, 4, 2 * 784, code_features=8, rngs=nnx.Rngs(0))
+    net.eval()
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, *SHAPE)) - 0.5
+    code = net.encode(x)
+    chex.assert_shape(code, (3, 8))
+    raw = net.decode(code[:, :4])
+    chex.assert_shape(raw, (3, 2 * 784))
+    # the last transposed conv's channel m is block m of the raw vector
+    h = jax.nn.relu(net.bn_d1(net.from_code(code[:, :4])))
+    h = jax.nn.relu(net.bn_d2(net.dense_d2(h))).reshape(3, *net.hidden)
+    y = net.up2(jax.nn.relu(net.bn_u1(net.up1(h))))  # [3, 28, 28, 2]
+    np.testing.assert_allclose(raw[:, :784], y[..., 0].reshape(3, -1), rtol=1e-6)
+    np.testing.assert_allclose(raw[:, 784:], y[..., 1].reshape(3, -1), rtol=1e-6)
 
 
 def test_train_mode_updates_running_statistics():

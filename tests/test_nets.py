@@ -111,7 +111,7 @@ def test_unknown_architecture_and_bad_shape():
     assert sorted(nets.ARCHS) == ["cnn", "conv", "infogan", "mlp"]
     with pytest.raises(ValueError, match="divisible by 4"):
         _make("conv", (30, 30, 1), 8)
-    with pytest.raises(ValueError, match="emits one value per pixel"):
+    with pytest.raises(ValueError, match="whole number of values per pixel"):
         _make("conv", (28, 28, 1), 8, out=1569)
 
 

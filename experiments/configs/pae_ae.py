@@ -9,11 +9,11 @@ PAE's noise map, Eq. 8, and the flow's early stopping use them).
 Loss: the paper's Eq. 2 is the squared norm ||x - g(f(x))||^2 per image; the `mse` head is its
 per-pixel mean, 1/784 of it: the same minimiser, and Adam is invariant to a constant scale of
 the loss but for its epsilon (1e-8 here, small against these gradients).
-Runtime here (2 CPU cores, `--config.training.epochs=1 --noprogress`, K=32, 13,200,417
-weights): 159 s for the one epoch of 429 steps (166 s with compilation), ~2.8x plain PyTorch's
-56 s/epoch on this machine (STYLE.md): 500 epochs would take ~22 h. Expected after 1 epoch
-(seed 0): test MSE 0.0122 per pixel, PSNR 19.1 dB; the paper's full-run numbers are in its
-Table 1.
+Runtime here (2 CPU cores, `--config.training.epochs=3 --noprogress`, K=32, 13,200,417
+weights): 240 s for 3 epochs of 429 steps, 75 s/epoch (733 images/s; plain PyTorch: 56 s/epoch
+on this machine, STYLE.md): 500 epochs would take ~10 h. Expected after 3 epochs (seed 0):
+test MSE 0.0099 per pixel; the paper's full-run numbers are in its Table 1.
+`pae.py` adds the PAE's second stage (the latent flow) to this config.
 """
 
 from jaxae import config

@@ -1,0 +1,292 @@
+"""The Probabilistic Auto-Encoder beyond its autoencoder (Boehm & Seljak 2020, Sec. 2).
+
+- `noise_map`: the per-pixel noise sigma of the implicit likelihood, Eq. 8;
+- `fit_flow`: the second stage: the latent flow fitted to the codes of the training set by
+  maximum likelihood (Eq. 5), early-stopped on the codes of the validation set, the
+  autoencoder frozen; it checkpoints and resumes in ``<run>/stage2`` like any run;
+- `sample` (Eq. 6, x = g(b^-1(u))) and `interpolate` (straight lines in u);
+- `score`: the out-of-distribution scores of Sec. 2.2 for a batch of images, through
+  `jaxae.laplace` (one jitted call per batch: vmap over images, MAP inside `lax` loops).
+
+Images are what the datasets hold: uint8 [B, H, W, C] (or floats in [0, 1]); `scale` is the run's
+``config.data.scale`` (the PAE paper's: 'centered', pixels in [-0.5, 0.5]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxae import checkpoint, models, objectives, parallel, train
+from jaxae import config as jconfig
+from jaxae import data as jdata
+from jaxae import laplace
+
+# Floor of the noise map: the std of the uniform dequantization noise, 1 / (256 sqrt(12)). A pixel
+# the autoencoder always reconstructs exactly (a border that is always black) is still only known
+# to within its quantization.
+SIGMA_FLOOR = 1.0 / (256.0 * math.sqrt(12.0))
+BATCH = 500
+
+
+def _inputs(model, images, scale: str, name: str = "images") -> np.ndarray:
+    """Checked images (`data.check_images`) of the model's shape, as the model's float inputs."""
+    x = jdata.check_images(images, name)
+    if x.shape[1:] != tuple(model.image_shape):
+        raise ValueError(f"{name}: images of shape {x.shape[1:]}, the model takes "
+                         f"{tuple(model.image_shape)}")  # fmt: skip
+    return np.asarray(jdata.Preprocess(scale)(x))
+
+
+def _map(fn, model, x: np.ndarray, batch_size: int = BATCH):
+    """fn(model, x_batch) over x in batches, jitted once (eval mode, host results)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, xb):
+        return fn(nnx.merge(graphdef, state), xb)
+
+    out = [step(state, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *out)
+
+
+def encode(model, images, *, scale: str, batch_size: int = BATCH) -> np.ndarray:
+    """The codes f(x) [B, K] of images (eval mode)."""
+    model.eval()
+    return _map(lambda m, x: m.encode(x), model, _inputs(model, images, scale), batch_size)
+
+
+def noise_map(model, images, *, scale: str, batch_size: int = BATCH) -> np.ndarray:
+    """Eq. 8's sigma [N]: each pixel's root-mean-square reconstruction error over `images` (the
+    validation set), floored at `SIGMA_FLOOR`.
+
+    The paper: "sigma_i are the mean pixel-wise reconstruction errors of the AE, measured on
+    the validation data". For the Gaussian of Eq. 8 the maximum-likelihood sigma_i^2 is the mean
+    squared error of pixel i, so sigma_i is its root.
+    """
+    model.eval()
+    x = _inputs(model, images, scale, "validation images")
+
+    def sq_err(m, xb):
+        return jnp.sum((m.decode(m.encode(xb)) - xb.reshape(xb.shape[0], -1)) ** 2, axis=0)[None]
+
+    total = _map(sq_err, model, x, batch_size).sum(0)
+    return np.maximum(np.sqrt(total / len(x)), SIGMA_FLOOR).astype(np.float32)
+
+
+def stage_config(config):
+    """The config `train.fit` sees in the flow stage: its batch, epochs and Adam rate."""
+    fc = jconfig.from_dict(config.to_dict())
+    f = config.flow
+    fc.training.batch_size, fc.training.epochs = f.batch_size, f.epochs
+    fc.training.steps_per_call, fc.training.checkpoint_every, fc.training.max_steps = 0, 0, 0
+    fc.optimizer.learning_rate, fc.optimizer.decay_epochs = f.learning_rate, ()
+    return fc
+
+
+def build(ae, sigma, codes, *, flow: dict | None = None, seed: int = 0) -> models.PAE:
+    """A PAE from a trained autoencoder `ae`: its networks, the noise map `sigma` [N] (Eq. 8,
+    `noise_map`), the standardisation of its training `codes` [n, K] and a new flow described
+    by `flow` (`models.flow_spec`: kind, layers, hidden, blocks, bins), the identity until
+    trained (`fit_flow` trains it)."""
+    sigma, codes = np.asarray(sigma, np.float32), np.asarray(codes)
+    if sigma.shape != (math.prod(ae.image_shape),) or not np.all(sigma > 0):
+        raise ValueError(f"sigma must be positive, shape [{math.prod(ae.image_shape)}]: one "
+                         f"std per pixel; got shape {sigma.shape}")  # fmt: skip
+    if codes.ndim != 2 or codes.shape[1] != ae.latent_dim or len(codes) < 2:
+        raise ValueError(f"codes must be [n >= 2, K={ae.latent_dim}], got {codes.shape}")
+    pae = models.build({**ae.spec, "kind": "pae", "seed": seed, "flow": flow or {}})
+    nnx.update(pae.net, nnx.state(ae.net))
+    pae.sigma[...] = jnp.asarray(sigma)
+    pae.code_loc[...] = jnp.asarray(codes.mean(0), jnp.float32)
+    pae.code_scale[...] = jnp.asarray(np.maximum(codes.std(0), 1e-6), jnp.float32)
+    pae.fitted[...] = jnp.ones((), jnp.int32)
+    return pae
+
+
+def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> dict:
+    """The PAE's second stage on a trained autoencoder run: fit, checkpoint, resume.
+
+    Reads the autoencoder of ``<workdir>/checkpoints``, measures the noise map (Eq. 8) on
+    ``dataset.val``, encodes ``dataset.train`` and fits the flow to those codes (Eq. 5) in
+    ``<workdir>/stage2`` with Adam, early-stopped on the validation codes' NLL
+    (``config.flow``). The autoencoder is frozen and in eval mode. `checkpoint.restore_params`
+    of the run folder then gives the whole PAE. Returns the stage's summary.
+    """
+    config = jconfig.validate(config)
+    workdir = Path(workdir)
+    if dataset.val is None:
+        raise ValueError("the flow stage needs validation data: set config data.val_size > 0")
+    ae = checkpoint.restore_params(workdir, stage=1)
+    k_saved, k_config = ae.spec.get("latent_dim"), config.model.latent_dim
+    if k_saved != k_config:
+        raise checkpoint.ModelMismatchError(
+            f"{workdir}: the checkpoint's autoencoder has K={k_saved} latent dimensions, the "
+            f"config K={k_config}: use the run's own config or a new workdir"
+        )
+    t0 = time.perf_counter()
+    scale = config.data.scale
+    sigma = noise_map(ae.model, dataset.val.images, scale=scale)
+    codes = {s: encode(ae.model, getattr(dataset, s).images, scale=scale) for s in ("train", "val")}
+    f = config.flow
+    flow = {k: f[k] for k in ("kind", "layers", "hidden", "blocks", "bins")}
+    model = build(ae.model, sigma, codes["train"], flow=flow, seed=config.training.seed)
+    graphdef, params, model_state = objectives.split(model, train=False)
+
+    def nll(params, model_state, batch, key):
+        del key
+        value = -nnx.merge(graphdef, params, model_state).latent_log_prob(batch["z"])
+        return {"loss": value, "nll": value}, model_state
+
+    fc = stage_config(config)
+    optimizer = optax.adam(fc.optimizer.learning_rate)
+    update = train.grouped({"flow": train.Group(("flow",), nll, optimizer)})
+    mesh = mesh or parallel.data_mesh()
+    eval_step = parallel.data_parallel(
+        jax.jit(lambda p, s, b: nll(p, s, b, None)[0]), mesh, batch_argnums=(2,), donate_argnums=()
+    )
+
+    def eval_fn(state):
+        args = (state["params"], state["model_state"])
+        return parallel.batch_means(eval_step, {"z": codes["val"]}, BATCH, args=args, mesh=mesh)
+
+    result = train.fit(
+        fc, workdir / "stage2", params=params, model_state=model_state, update=update,
+        train={"z": codes["train"]}, mesh=mesh, eval_fn=eval_fn, progress=progress,
+        model=model.spec, data_files=dataset.files,
+        early_stopping=train.EarlyStopping("nll", config.flow.patience),
+    )  # fmt: skip
+    best = result.state["best"]
+    history = result.history
+    summary = {
+        "stage": "flow",
+        "flow": model.flow_spec,
+        "autoencoder_step": ae.step,
+        "epochs": int(result.state["step"]) // max(len(codes["train"]) // fc.training.batch_size, 1),
+        "best_epoch": int(best["epoch"]),
+        "val_nll": float(best["value"]),  # nats per code, at the best epoch
+        "sigma_mean": float(sigma.mean()),
+        "seconds": time.perf_counter() - t0,
+        "resumed_from": result.resumed_from,
+        "last": history[-1] if history else None,
+    }
+    if jax.process_index() == 0:
+        (workdir / "stage2" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --- Using a fitted PAE --------------------------------------------------------------------------
+
+
+def _fitted(model, use: str):
+    if not isinstance(model, models.PAE):
+        raise TypeError(f"{use} needs a PAE (models.PAE), got {type(model).__name__}")
+    model.check_fitted(use)
+    model.eval()
+
+
+_LAPLACE_FNS: dict[str, tuple] = {}
+
+
+def _laplace_fns(model: models.PAE, graphdef):
+    """One (decode, flow) pair of functions per PAE description, so that `laplace.scores`
+    compiles once per kind of model, not once per call (graphdefs are not hashable)."""
+    key = json.dumps(model.spec, sort_keys=True)
+    if key not in _LAPLACE_FNS:
+
+        def decode(state, z):  # z [K] -> g(z) [N]
+            return nnx.merge(graphdef, state).decode(z[None])[0]
+
+        def flow(state, z):  # z [K] -> (u, log_det)
+            return nnx.merge(graphdef, state).latent_flow(z)
+
+        _LAPLACE_FNS[key] = (decode, flow)
+    return _LAPLACE_FNS[key]
+
+
+def functions(model: models.PAE):
+    """``(decode, flow, sigma)`` of a fitted PAE in `jaxae.laplace`'s form: single-example
+    callables bound to the model's weights (`jax.tree_util.Partial`, so new weights of the same
+    model do not recompile) and the noise map [N]."""
+    _fitted(model, "jaxae.laplace scoring")
+    graphdef, state = nnx.split(model)
+    decode, flow = _laplace_fns(model, graphdef)
+    partial = jax.tree_util.Partial
+    return partial(decode, state), partial(flow, state), jnp.asarray(model.sigma[...])
+
+
+SCORES = ("reconstruction", "latent_density", "eq12", "eq12_map", "log_evidence")
+
+
+def score(model: models.PAE, images, *, scale: str, map_steps: int = 100, batch_size: int = 256,
+          laplace_scores: bool = True, progress=None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The PAE's out-of-distribution scores of each image (higher: more in-distribution).
+
+    Keys (each [B], float64 on the host): 'reconstruction' (a, the first term of Eq. 12 at
+    f(x)), 'latent_density' (b, log p(f(x)), the paper's "PAE density"), 'eq12' (Eq. 12 at
+    f(x)) and, with `laplace_scores`, 'eq12_map' (c, Eq. 12 at the MAP z' of Eq. 9, reached by
+    `map_steps` optimiser steps from f(x)), 'log_evidence' (d, Eq. 11 at z') and the MAP's
+    report ('map_converged', 'map_grad_norm', 'map_steps').
+    """
+    _fitted(model, "scoring")
+    x = _inputs(model, images, scale)
+    decode, flow, sigma = functions(model)
+    xf = x.reshape(len(x), -1)
+    z0 = encode(model, images, scale=scale, batch_size=BATCH)
+    if not laplace_scores:
+
+        def cheap(m, xb):
+            z = m.encode(xb)
+            err = (xb.reshape(xb.shape[0], -1) - m.decode(z)) / m.sigma[...]
+            rec = -0.5 * jnp.sum(err**2, axis=-1)
+            dens = m.latent_log_prob(z)
+            u, log_det = m.latent_flow(z)
+            return {"reconstruction": rec, "latent_density": dens,
+                    "eq12": rec - 0.5 * jnp.sum(u**2, -1) + log_det}  # fmt: skip
+
+        out = _map(cheap, model, x, BATCH)
+        return {k: v.astype(np.float64) for k, v in out.items()}
+    out: dict[str, list] = {}
+    for i in range(0, len(x), batch_size):
+        r = laplace.scores(decode, flow, sigma, xf[i : i + batch_size], z0[i : i + batch_size],
+                           map_steps=map_steps)  # fmt: skip
+        for k, v in r.items():
+            out.setdefault(k, []).append(np.asarray(v))
+        if progress:
+            progress(min(i + batch_size, len(x)), len(x))
+    return {k: np.concatenate(v).astype(np.float64 if v[0].dtype.kind == "f" else v[0].dtype)
+            for k, v in out.items() if k != "z_map"}  # fmt: skip
+
+
+def sample(model: models.PAE, key, n: int, *, scale: str) -> np.ndarray:
+    """n images drawn from the PAE (Eq. 6: x = g(b^-1(u)), u ~ N(0, I)), in [0, 1] [n, H, W, C]."""
+    _fitted(model, "sampling")
+    offset = jdata.Preprocess(scale).offset
+    z = np.asarray(model.sample_codes(key, n))
+    return _map(lambda m, zb: jnp.clip(m.point(m.decode(zb))[0] + offset, 0.0, 1.0), model, z)
+
+
+def interpolate(model: models.PAE, a, b, *, scale: str, steps: int = 8) -> np.ndarray:
+    """Images along the straight line between the flow's u of images a and b [B, ...]:
+    [B, steps, H, W, C] in [0, 1] (the paper's Fig. 4 interpolations)."""
+    _fitted(model, "interpolation")
+    offset = jdata.Preprocess(scale).offset
+    za, zb = encode(model, a, scale=scale), encode(model, b, scale=scale)
+    ua, ub = (np.asarray(model.latent_flow(jnp.asarray(z))[0]) for z in (za, zb))
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
+    u = (ua[:, None] * (1 - t) + ub[:, None] * t).reshape(-1, za.shape[1])
+
+    def decode_u(m, ub_):
+        z = m.flow.inverse(ub_) * m.code_scale[...] + m.code_loc[...]
+        return jnp.clip(m.point(m.decode(z))[0] + offset, 0.0, 1.0)
+
+    images = _map(decode_u, model, u)
+    return images.reshape(len(za), steps, *images.shape[1:])

@@ -1,0 +1,97 @@
+"""The PAE experiments' pieces that need no training: the beta-VAE of Eq. 15, the config's
+flow and beta-VAE fields, the OoD script's outlier files and rates, and the Figure 5 chart."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import pae_ood
+from jaxae import config as jconfig
+from jaxae import models, plots
+
+
+def test_beta_vae_regularizer_is_eq15():
+    spec = {"kind": "vae", "head": "vae", "latent_dim": 3, "image_shape": [4, 4, 1]}
+    x = jax.random.uniform(jax.random.PRNGKey(0), (5, 4, 4, 1))
+    plain = models.build(spec)
+    beta = models.build({**spec, "beta": 100.0, "capacity": 15.0})
+    q = plain.posterior(x)
+    mu, s = q.mean(), q.stddev()
+    kl = 0.5 * jnp.sum(mu**2 + s**2 - 1 - 2 * jnp.log(s), -1)  # closed form KL(q || N(0, I))
+    np.testing.assert_allclose(plain.latent(x)[1]["kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(beta.latent(x)[1]["beta_kl"], 100 * jnp.abs(kl - 15), rtol=1e-5)
+    assert beta.spec["beta"] == 100.0 and "beta" not in plain.spec
+    assert models.build(beta.spec).spec == beta.spec
+    with pytest.raises(ValueError, match="beta > 0"):
+        models.build({**spec, "beta": 0.0})
+
+
+def test_infogan_vae_has_a_2k_posterior_and_two_values_per_pixel():
+    spec = {"kind": "vae", "head": "vae", "arch": "infogan", "latent_dim": 4,
+            "image_shape": [28, 28, 1]}  # fmt: skip
+    m = models.build(spec)
+    z, reg = m.latent(jnp.zeros((2, 28, 28, 1)), jax.random.PRNGKey(0))
+    assert z.shape == (2, 4) and reg["kl"].shape == (2,)
+    assert m.decode(z).shape == (2, 2 * 784)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("flow.kind", "glow", "flow.kind"), ("flow.epochs", -1, "flow.epochs"),
+     ("flow.patience", 0, "flow.patience"), ("flow.learning_rate", 0.0, "flow.learning_rate"),
+     ("model.beta", 0.0, "model.beta"), ("model.capacity", -1.0, "model.capacity")],
+)  # fmt: skip
+def test_config_names_bad_flow_and_beta_fields(field, value, message):
+    c = jconfig.default()
+    section, key = field.split(".")
+    c[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        jconfig.validate(c)
+
+
+def test_flow_fields_do_not_block_resuming_the_autoencoder():
+    assert {"flow.epochs", "flow.kind", "flow.patience"} <= set(jconfig.RESUMABLE)
+
+
+def test_extra_outlier_files(tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.zeros((3, 28, 28), np.uint8))
+    name, images = pae_ood.load_extra(f"mine={good}")
+    assert name == "mine" and images.shape == (3, 28, 28, 1)
+    cases = {
+        "noimages.npz": ({"pixels": np.zeros((3, 28, 28), np.uint8)}, "no array 'images'"),
+        "float.npz": ({"images": np.zeros((3, 28, 28), np.float32)}, "uint8"),
+        "shape.npz": ({"images": np.zeros((3, 32, 32), np.uint8)}, r"\[N, 28, 28"),
+        "empty.npz": ({"images": np.zeros((0, 28, 28), np.uint8)}, "empty"),
+    }
+    for fname, (arrays, message) in cases.items():
+        np.savez(tmp_path / fname, **arrays)
+        with pytest.raises(ValueError, match=message):
+            pae_ood.load_extra(f"x={tmp_path / fname}")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        pae_ood.load_extra(f"x={tmp_path / 'missing.npz'}")
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        pae_ood.load_extra(str(good))
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, images=np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError, match="pickle"):  # user files are data, never code
+        pae_ood.load_extra(f"x={obj}")
+
+
+def test_fpr_ratio_at_5_percent_false_negatives():
+    inl = np.arange(100.0)  # outlierness of the inliers: 0..99
+    outl = np.arange(50.0, 150.0)  # outliers 50..149: the 5% quantile is 54.95
+    # TPR = 0.95 (95 of 100 outliers >= 54.95), FPR = 45 / 100 inliers >= 54.95
+    assert pae_ood.fpr_ratio(inl, outl) == pytest.approx(0.95 / 0.45)
+    assert pae_ood.fpr_ratio(inl, outl + 1000) == float("inf")
+
+
+def test_line_chart_writes_a_png(tmp_path):
+    path = plots.line_chart({"a": ([4, 8, 16], [1.0, 10.0, 100.0]), "b": ([4, 16], [2.0, 3.0])},
+                            tmp_path / "c.png", log_y=True, xlabel="K")  # fmt: skip
+    img = np.asarray(Image.open(path))
+    assert img.shape == (360, 520, 3) and (img < 250).any()
+    with pytest.raises(ValueError, match="no finite points"):
+        plots.line_chart({"a": ([1], [float("nan")])}, tmp_path / "d.png")
