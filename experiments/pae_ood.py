@@ -44,9 +44,9 @@ from jaxae import checkpoint, evaluate, metrics, pae, plots
 from jaxae import data as jdata
 
 PAPER = {  # Table 2 of the paper: AUROC, F-MNIST vs each outlier set
-    "PAE density, K=64 (paper)": {"mnist": 0.997, "omniglot": 0.981, "hflip": 0.698, "vflip": 0.891},
-    "AE reconstruction error, K=4 (paper)": {"mnist": 0.986, "omniglot": 0.916, "hflip": 0.689,
-                                             "vflip": 0.880},
+    "PAE density, K=64 (paper)": dict(mnist=0.997, omniglot=0.981, hflip=0.698, vflip=0.891),
+    "AE reconstruction error, K=4 (paper)": dict(mnist=0.986, omniglot=0.916, hflip=0.689,
+                                                 vflip=0.880),
 }  # fmt: skip
 PAE_SCORES = ("reconstruction", "latent_density", "eq12", "eq12_map", "log_evidence")
 LABELS = {
@@ -189,8 +189,13 @@ def main(argv=None) -> dict:
     p.add_argument("--ks", default=None, help="comma-separated latent dims (default 4,8,16,32,64)")
     p.add_argument("--runs", default=None, help="run folders' root (default runs/pae[_paper])")
     p.add_argument("--out", default="experiments/results", help="where the table and PNG go")
-    p.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
-                   help="another outlier set: an .npz with uint8 'images' [N, 28, 28(, 1)]")
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another outlier set: an .npz with uint8 'images' [N, 28, 28(, 1)]",
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-baselines", action="store_true", help="PAE scores only")
     args = p.parse_args(argv)
@@ -274,7 +279,9 @@ def main(argv=None) -> dict:
         "",
     ]
     (out / f"{name}.md").write_text("\n".join(md))
-    (out / f"{name}.json").write_text(json.dumps({"profile": prof.__dict__, "rows": rows}, indent=1))
+    (out / f"{name}.json").write_text(
+        json.dumps({"profile": prof.__dict__, "rows": rows}, indent=1)
+    )
     recon_rows = [sets["mnist"][:8].astype(np.float32) / 255]
     for k in prof.ks:
         restored = checkpoint.restore_params(runs / f"k{k}")

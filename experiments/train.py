@@ -10,7 +10,8 @@ the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
 ``<workdir>/metrics.jsonl``, ``checkpoints/`` (orbax), ``summary.json`` (test metrics) and
 ``reconstructions.png`` (test images above their reconstructions). A config with
 ``flow.epochs > 0`` then fits the PAE's latent flow to the codes (`jaxae.pae.fit_flow`, in
-``<workdir>/stage2``, resumable too) and adds its summary under ``flow``.
+``<workdir>/stage2``, resumable too), adds its summary under ``flow`` and draws
+``stage2/samples.png`` (Eq. 6) and ``stage2/interpolations.png`` (between test images).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxae import checkpoint, models, objectives, pae, parallel, plots, train
 from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import models, objectives, pae, parallel, plots, train
 from jaxae.checkpoint import CheckpointError
 
 EVAL_BATCH = 500
@@ -111,6 +112,9 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         summary["test_psnr_db"] = float(10 * np.log10(1.0 / test["mse"]))
     if config.flow.epochs:
         summary["flow"] = pae.fit_flow(config, workdir, dataset=ds, mesh=mesh, progress=progress)
+        fitted = checkpoint.restore_params(workdir).model
+        pngs = pae.write_figures(fitted, ds.test.images[:16], workdir / "stage2", scale=dc.scale)
+        summary["flow"]["figures"] = [str(p.relative_to(workdir)) for p in pngs]
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -386,8 +386,14 @@ def restore_params(run_dir, step: int | None = None, *, stage: int | None = None
     if stage is not None and not 1 <= stage <= len(stages):
         raise FileNotFoundError(f"{run_dir} has {len(stages)} stage(s), not stage {stage}")
     if stage is None and len(stages) > 1:  # a later stage counts once it has a checkpoint
-        stage = next((i + 1 for i in range(len(stages) - 1, 0, -1)
-                      if any(c.name.isdigit() for c in (stages[i] / "checkpoints").iterdir())), 1)  # fmt: skip
+        stage = next(
+            (
+                i + 1
+                for i in range(len(stages) - 1, 0, -1)
+                if any(c.name.isdigit() for c in (stages[i] / "checkpoints").iterdir())
+            ),
+            1,
+        )
     ckpt_dir = stages[(stage or 1) - 1] / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} does not exist: is {run_dir} a training run folder?")

@@ -27,8 +27,20 @@ RESUMABLE = (
     "training.checkpoint_every",
     "training.keep_checkpoints",
     # the latent flow's stage runs after training and checks its own resume (`jaxae.pae`)
-    *(f"flow.{k}" for k in ("epochs", "kind", "layers", "hidden", "blocks", "bins",
-                            "batch_size", "learning_rate", "patience")),  # fmt: skip
+    *(
+        f"flow.{k}"
+        for k in (
+            "epochs",
+            "kind",
+            "layers",
+            "hidden",
+            "blocks",
+            "bins",
+            "batch_size",
+            "learning_rate",
+            "patience",
+        )
+    ),  # fmt: skip
 )
 
 

@@ -302,7 +302,9 @@ def evaluate_run(
             "likelihood (metrics.bits_per_dim)",
         }
     train_images = jdata.load_raw(dc.dataset, "train", data_dir).images if fid else None
-    for i, (name, draw) in enumerate(samplers(fns, train_images, dc.pad_to_32, restored.model).items()):
+    for i, (name, draw) in enumerate(
+        samplers(fns, train_images, dc.pad_to_32, restored.model).items()
+    ):
         if only_samplers is not None and name not in only_samplers:
             continue
         codes = draw(jax.random.PRNGKey(seed * 1000 + i), num_samples)

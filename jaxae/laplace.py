@@ -172,29 +172,27 @@ def default_optimizer() -> optax.GradientTransformationExtraArgs:
     return _DEFAULT_OPTIMIZER
 
 
-def map_estimate(
-    decode: DecodeFn,
-    flow: FlowFn,
-    sigma: jax.Array,
-    x: jax.Array,
-    z0: jax.Array,
+def minimize(
+    value_fn: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
     *,
     optimizer: optax.GradientTransformation | None = None,
     steps: int = 100,
     gtol: float = 1e-6,
     ftol: float = 0.0,
 ) -> tuple[jax.Array, MapReport]:
-    """Minimise Eq. 9, -ln p(x|z) - ln p(z) (Eq. 8 likelihood + flow prior), from z0 = f(x).
+    """Minimise a smooth scalar function of one example's vector from `x0`, inside
+    ``lax.while_loop``: at most `steps` optimiser steps, stopping once converged (under vmap the
+    loop runs until every example has stopped; finished ones are frozen). The MAP of Eq. 9
+    (`map_estimate`) and the inpainting MAP of Eq. 13 (`jaxae.inpaint`) both use it.
 
-    The optimiser runs inside ``lax.while_loop`` for at most ``steps`` steps and stops once
-    converged (under vmap the loop runs until every example has stopped; finished ones are
-    frozen). Any optax optimiser works: plain ones (``optax.adam(1e-2)``) are wrapped with
-    ``optax.with_extra_args_support``; ``optax.lbfgs`` (the default) receives the value, gradient
-    and ``value_fn`` its line search needs.
+    Any optax optimiser works: plain ones (``optax.adam(1e-2)``) are wrapped with
+    ``optax.with_extra_args_support``; ``optax.lbfgs`` (the default) receives the value,
+    gradient and ``value_fn`` its line search needs.
 
     Args:
-      decode, flow, sigma, x: as in the module docstring; sigma [N], x [N].
-      z0: [K] start, usually the encoder's f(x).
+      value_fn: x [D] -> [] objective.
+      x0: [D] start.
       optimizer: optax optimiser; None -> ``default_optimizer()`` (L-BFGS).
       steps: maximum number of optimiser steps (static).
       gtol: converged when ||grad|| <= gtol.
@@ -203,14 +201,9 @@ def map_estimate(
         that can make no progress at the working precision, common in float32): read
         ``grad_norm`` alongside ``converged``. A negative ftol disables the test.
     Returns:
-      (z' [K], MapReport of scalars).
+      (x [D], MapReport of scalars).
     """
-    _check_shapes(sigma, x, z0, batched=False)
     opt = optax.with_extra_args_support(optimizer or default_optimizer())
-
-    def value_fn(z):
-        return map_objective(decode, flow, sigma, x, z)
-
     value_and_grad = jax.value_and_grad(value_fn)
 
     def done(f, g, f_prev):
@@ -223,19 +216,45 @@ def map_estimate(
         return (i < steps) & ~done(f, g, f_prev)
 
     def body(carry):
-        i, z, opt_state, f, g, _ = carry
-        updates, opt_state = opt.update(g, opt_state, z, value=f, grad=g, value_fn=value_fn)
-        z_new = optax.apply_updates(z, updates)
-        f_new, g_new = value_and_grad(z_new)
-        return i + 1, z_new, opt_state, f_new, g_new, f
+        i, x, opt_state, f, g, _ = carry
+        updates, opt_state = opt.update(g, opt_state, x, value=f, grad=g, value_fn=value_fn)
+        x_new = optax.apply_updates(x, updates)
+        f_new, g_new = value_and_grad(x_new)
+        return i + 1, x_new, opt_state, f_new, g_new, f
 
-    f0, g0 = value_and_grad(z0)
-    init = (jnp.zeros((), jnp.int32), z0, opt.init(z0), f0, g0, jnp.full_like(f0, jnp.inf))
-    i, z, _, f, g, f_prev = jax.lax.while_loop(cond, body, init)
+    f0, g0 = value_and_grad(x0)
+    init = (jnp.zeros((), jnp.int32), x0, opt.init(x0), f0, g0, jnp.full_like(f0, jnp.inf))
+    i, x, _, f, g, f_prev = jax.lax.while_loop(cond, body, init)
     report = MapReport(
         objective=f, grad_norm=optax.tree.norm(g), converged=done(f, g, f_prev), steps=i
     )
-    return z, report
+    return x, report
+
+
+def map_estimate(
+    decode: DecodeFn,
+    flow: FlowFn,
+    sigma: jax.Array,
+    x: jax.Array,
+    z0: jax.Array,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    steps: int = 100,
+    gtol: float = 1e-6,
+    ftol: float = 0.0,
+) -> tuple[jax.Array, MapReport]:
+    """Minimise Eq. 9, -ln p(x|z) - ln p(z) (Eq. 8 likelihood + flow prior), from z0 = f(x),
+    with `minimize` (its arguments: the optimiser, the step budget and the tolerances).
+
+    Args:
+      decode, flow, sigma, x: as in the module docstring; sigma [N], x [N].
+      z0: [K] start, usually the encoder's f(x).
+    Returns:
+      (z' [K], MapReport of scalars).
+    """
+    _check_shapes(sigma, x, z0, batched=False)
+    return minimize(lambda z: map_objective(decode, flow, sigma, x, z), z0, optimizer=optimizer,
+                    steps=steps, gtol=gtol, ftol=ftol)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -193,8 +193,14 @@ class VAE(Model):
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
-        return cls(head, spec.get("latent_dim", 32), arch=spec.get("arch"),
-                   beta=spec.get("beta", 1.0), capacity=spec.get("capacity", 0.0), seed=seed)  # fmt: skip
+        return cls(
+            head,
+            spec.get("latent_dim", 32),
+            arch=spec.get("arch"),
+            beta=spec.get("beta", 1.0),
+            capacity=spec.get("capacity", 0.0),
+            seed=seed,
+        )
 
     @property
     def spec(self) -> dict:
@@ -298,7 +304,9 @@ class PAE(Autoencoder):
     def latent_log_prob(self, z):
         """log p(z) of codes z [..., K] under the flow (Eq. 5)."""
         u, log_det = self.latent_flow(z)
-        return -0.5 * jnp.sum(u**2, axis=-1) - 0.5 * self.latent_dim * math.log(2 * math.pi) + log_det
+        return (
+            -0.5 * jnp.sum(u**2, axis=-1) - 0.5 * self.latent_dim * math.log(2 * math.pi) + log_det
+        )
 
     def sample_codes(self, key, n: int):
         """z = b^-1(u), u ~ N(0, I): the latent part of Eq. 6. Returns [n, K]."""

@@ -237,7 +237,13 @@ class ConvAutoencoder(nnx.Module):
     """
 
     def __init__(
-        self, image_shape, latent_dim: int, *, out_features=None, code_features=None, width=32,
+        self,
+        image_shape,
+        latent_dim: int,
+        *,
+        out_features=None,
+        code_features=None,
+        width=32,
         rngs,
     ):
         h, w, c, self.per_pixel = _per_pixel_net("ConvAutoencoder", image_shape, out_features)

@@ -25,10 +25,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxae import checkpoint, models, objectives, parallel, train
+from jaxae import checkpoint, laplace, models, objectives, parallel, plots, train
 from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import laplace
 
 # Floor of the noise map: the std of the uniform dequantization noise, 1 / (256 sqrt(12)). A pixel
 # the autoencoder always reconstructs exactly (a border that is always black) is still only known
@@ -170,7 +169,8 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
         "stage": "flow",
         "flow": model.flow_spec,
         "autoencoder_step": ae.step,
-        "epochs": int(result.state["step"]) // max(len(codes["train"]) // fc.training.batch_size, 1),
+        "epochs": int(result.state["step"])
+        // max(len(codes["train"]) // fc.training.batch_size, 1),
         "best_epoch": int(best["epoch"]),
         "val_nll": float(best["value"]),  # nats per code, at the best epoch
         "sigma_mean": float(sigma.mean()),
@@ -193,23 +193,29 @@ def _fitted(model, use: str):
     model.eval()
 
 
-_LAPLACE_FNS: dict[str, tuple] = {}
+_FNS: dict[str, dict] = {}
 
 
-def _laplace_fns(model: models.PAE, graphdef):
-    """One (decode, flow) pair of functions per PAE description, so that `laplace.scores`
-    compiles once per kind of model, not once per call (graphdefs are not hashable)."""
+def _fns(model: models.PAE, graphdef) -> dict:
+    """One set of single-example functions of ``(state, input)`` per PAE description, so that
+    jitted callers compile once per kind of model, not once per call (graphdefs are not
+    hashable): decode z [K] -> g(z) [N]; flow z -> (u, log_det); generate u -> g(b^-1(u))."""
     key = json.dumps(model.spec, sort_keys=True)
-    if key not in _LAPLACE_FNS:
+    if key not in _FNS:
 
-        def decode(state, z):  # z [K] -> g(z) [N]
+        def decode(state, z):
             return nnx.merge(graphdef, state).decode(z[None])[0]
 
-        def flow(state, z):  # z [K] -> (u, log_det)
+        def flow(state, z):
             return nnx.merge(graphdef, state).latent_flow(z)
 
-        _LAPLACE_FNS[key] = (decode, flow)
-    return _LAPLACE_FNS[key]
+        def generate(state, u):
+            m = nnx.merge(graphdef, state)
+            z = m.flow.inverse(u) * m.code_scale[...] + m.code_loc[...]
+            return m.decode(z[None])[0]
+
+        _FNS[key] = {"decode": decode, "flow": flow, "generate": generate}
+    return _FNS[key]
 
 
 def functions(model: models.PAE):
@@ -218,9 +224,18 @@ def functions(model: models.PAE):
     model do not recompile) and the noise map [N]."""
     _fitted(model, "jaxae.laplace scoring")
     graphdef, state = nnx.split(model)
-    decode, flow = _laplace_fns(model, graphdef)
-    partial = jax.tree_util.Partial
-    return partial(decode, state), partial(flow, state), jnp.asarray(model.sigma[...])
+    fns, partial = _fns(model, graphdef), jax.tree_util.Partial
+    return partial(fns["decode"], state), partial(fns["flow"], state), jnp.asarray(model.sigma[...])
+
+
+def generator(model: models.PAE):
+    """``(generate, sigma)``: u [K] -> g(b^-1(u)) [N] bound to the weights (the PAE's
+    generative process, Eq. 6, used by `jaxae.inpaint`) and the noise map [N]."""
+    _fitted(model, "the PAE generator")
+    graphdef, state = nnx.split(model)
+    return jax.tree_util.Partial(_fns(model, graphdef)["generate"], state), jnp.asarray(
+        model.sigma[...]
+    )
 
 
 SCORES = ("reconstruction", "latent_density", "eq12", "eq12_map", "log_evidence")
@@ -290,3 +305,15 @@ def interpolate(model: models.PAE, a, b, *, scale: str, steps: int = 8) -> np.nd
 
     images = _map(decode_u, model, u)
     return images.reshape(len(za), steps, *images.shape[1:])
+
+
+def write_figures(model: models.PAE, images, folder, *, scale: str, seed: int = 0) -> list[Path]:
+    """``samples.png`` (40 samples, Eq. 6) and ``interpolations.png`` (8 rows: the straight
+    line in u between images[i] and images[8 + i], 10 steps; needs 16 images) in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    s = sample(model, jax.random.PRNGKey(seed), 40, scale=scale)
+    paths = [plots.image_grid(list(s.reshape(4, 10, *s.shape[1:])), folder / "samples.png")]
+    path = interpolate(model, images[:8], images[8:16], scale=scale, steps=10)
+    paths.append(plots.image_grid(list(path), folder / "interpolations.png"))
+    return paths

@@ -53,11 +53,15 @@ def line_chart(series: dict, path, *, title: str = "", xlabel: str = "", ylabel:
                (140, 86, 75), (227, 119, 194), (127, 127, 127)]  # fmt: skip
     xs = sorted({x for xs_, _ in series.values() for x in xs_})
     tf = (lambda v: np.log10(v)) if log_y else (lambda v: v)  # noqa: E731
-    ys = [tf(y) for _, ys_ in series.values() for y in ys_ if np.isfinite(y) and (y > 0 or not log_y)]
+    ys = [
+        tf(y) for _, ys_ in series.values() for y in ys_ if np.isfinite(y) and (y > 0 or not log_y)
+    ]
     if not xs or not ys:
         raise ValueError("line_chart: no finite points to draw")
     lo, hi = min(ys), max(ys)
-    lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    lo, hi = (
+        (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    )
     w, h = size
     left, right, top, bottom = 70, 150, 30, 45
     canvas = Image.new("RGB", size, (255, 255, 255))
@@ -73,7 +77,7 @@ def line_chart(series: dict, path, *, title: str = "", xlabel: str = "", ylabel:
         draw.text((gx - 6, h - bottom + 5), str(x), fill=0, font=font)
     for t in np.linspace(lo, hi, 5):
         _, gy = px(0, t)
-        label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
+        label = f"{10**t:.3g}" if log_y else f"{t:.3g}"
         draw.line([left - 4, gy, left, gy], fill=(0, 0, 0))
         draw.text((5, gy - 6), label, fill=0, font=font)
     for n, (name, (sx, sy)) in enumerate(series.items()):

@@ -550,9 +550,11 @@ class _Loop(NamedTuple):
                             "step": step}  # fmt: skip
                 meta = {**self.meta, "data": {**self.meta["data"], **position}}
                 if stopped:
-                    meta["early_stopping"] = {**self.early_stopping._asdict(),
-                                              "best_epoch": int(state["best"]["epoch"]),
-                                              "best_value": float(state["best"]["value"])}  # fmt: skip
+                    meta["early_stopping"] = {
+                        **self.early_stopping._asdict(),
+                        "best_epoch": int(state["best"]["epoch"]),
+                        "best_value": float(state["best"]["value"]),
+                    }
                 if self.ckpt.save(step, state, meta, force=step == total or stopped):
                     last_saved = step
         return state, history

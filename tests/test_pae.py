@@ -42,8 +42,12 @@ def _config(**flow):
 
 
 def _dataset():
-    return jdata.Dataset("synthetic", jdata.from_arrays(_images(256)),
-                         jdata.from_arrays(_images(64, 1)), jdata.from_arrays(_images(64, 2)))  # fmt: skip
+    return jdata.Dataset(
+        "synthetic",
+        jdata.from_arrays(_images(256)),
+        jdata.from_arrays(_images(64, 1)),
+        jdata.from_arrays(_images(64, 2)),
+    )
 
 
 def _train_ae(config, workdir, dataset):
@@ -96,8 +100,11 @@ def test_flow_stage_fits_stops_early_and_restores(fitted_run):
     assert isinstance(full.model, models.PAE) and int(full.model.fitted[...]) == 1
     assert type(ae.model) is models.Autoencoder and full.spec["kind"] == "pae"
     # the AE's networks are carried over unchanged
-    for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, ae.model.net)),
-                    jax.tree.leaves(jax.tree.map(np.asarray, full.model.net)), strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(jax.tree.map(np.asarray, ae.model.net)),
+        jax.tree.leaves(jax.tree.map(np.asarray, full.model.net)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     # the run ends with its best epoch's flow: its validation NLL is the summary's
     z = pae.encode(full.model, ds.val.images, scale="centered")
@@ -129,6 +136,8 @@ def test_scores_samples_and_interpolations(fitted_run):
     xc = jdata.Preprocess("centered")(x[:2])
     recon = np.asarray(m.point(m.decode(m.encode(xc)))[0]) + 0.5
     np.testing.assert_allclose(path[:, 0], np.clip(recon, 0, 1), atol=1e-4)
+    pngs = pae.write_figures(m, ds.test.images[:16], workdir / "figs", scale="centered")
+    assert [p.name for p in pngs] == ["samples.png", "interpolations.png"]
     fns = evaluate.functions(checkpoint.restore_params(workdir))
     assert "flow" in evaluate.samplers(fns, ds.train.images, model=m)
 
