@@ -32,6 +32,14 @@ shared and timings vary up to 1.6x between runs: compare ratios within one run, 
   decoder forward pass on the same batch (``decoder_passes``). The issue's target for Eq. 11:
   at most 1.5 (K+1) decoder passes (``target_met``).
 
+- ``inpaint_costs`` (`jaxae.inpaint`): at K=8 and K=32, an infoGAN PAE (untrained weights: the
+  cost does not depend on them) MAP-inpaints ``--inpaint-images`` random images with the block
+  corruption from 10 starts each, ``--map-steps`` L-BFGS steps with no early stop, in one
+  ``inpaint.posterior`` call (MAPs, Hessians, mode merging); the time is extrapolated linearly
+  to 1,000 images x 100 steps (``_extrapolated``). ``s_per_posterior_sample``: drawing 100
+  mixture samples per image and decoding them, per sample, also as a multiple of one batched
+  decoder pass over as many codes (``posterior_sample_decoder_passes``).
+
 Every time is the median of ``--repeats`` calls after a first (compiling) call, whose time is
 ``compile_s``.
 
@@ -72,7 +80,8 @@ SEED = 0
 IMAGE_SHAPE = (28, 28, 1)
 TORCH_AE_S = 56.0  # STYLE.md: the infoGAN AE in plain PyTorch, s/epoch on these machines
 NFLOWS_S = 3.2  # STYLE.md: nflows' RealNVP (same shape), s/epoch on these machines
-CASES = ("ae_epoch", "realnvp_epoch", "laplace_costs")
+CASES = ("ae_epoch", "realnvp_epoch", "laplace_costs", "inpaint_costs")
+INPAINT_IMAGES, INPAINT_STARTS, INPAINT_STEPS = 1_000, 10, 100  # the issue's workload
 
 
 def parse_args(argv=None):
@@ -83,6 +92,7 @@ def parse_args(argv=None):
     p.add_argument("--ae-steps", type=int, default=None, help="steps per timed call, ours")
     p.add_argument("--plain-ae-steps", type=int, default=None, help="steps per timed call, plain")
     p.add_argument("--map-steps", type=int, default=None, help="L-BFGS steps of the MAP")
+    p.add_argument("--inpaint-images", type=int, default=None, help="images per timed call")
     args = p.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
     if set(args.cases) - set(CASES):
@@ -95,6 +105,7 @@ def parse_args(argv=None):
     args.ae_steps = args.ae_steps or (2 if q else 20)
     args.plain_ae_steps = args.plain_ae_steps or (1 if q else 4)
     args.map_steps = args.map_steps or (3 if q else 20)
+    args.inpaint_images = args.inpaint_images or (2 if q else 8)
     args.num_examples = 2_560 if q else NUM_EXAMPLES
     args.laplace_batch = 16 if q else 128
     args.ae_batch = 16 if q else AE_BATCH  # quick: a smaller batch, extrapolated to its epoch
@@ -465,6 +476,53 @@ def laplace_case(args) -> dict:
     return out
 
 
+def inpaint_case(args) -> dict:
+    """MAP-inpainting cost (`inpaint.posterior`) at K=8 and K=32, extrapolated to the issue's
+    1,000 images x 10 starts x 100 L-BFGS steps, and the cost of one posterior sample."""
+    from jaxae import inpaint, pae
+
+    out = {"case": "inpaint_costs", "corruption": "block_noise", "starts": INPAINT_STARTS,
+           "timed_images": args.inpaint_images, "timed_steps": args.map_steps,
+           "extrapolated_to": f"{INPAINT_IMAGES} images x {INPAINT_STARTS} starts x "
+                              f"{INPAINT_STEPS} steps (linear: a fixed budget, no early stop)"}  # fmt: skip
+    rng = np.random.default_rng(SEED)
+    n, b = math.prod(IMAGE_SHAPE), args.inpaint_images
+    c = inpaint.corruption("block_noise", IMAGE_SHAPE)
+    x = rng.uniform(-0.5, 0.5, (b, n)).astype(np.float32)
+    for k in (8, K):
+        ae = models.build({"kind": "ae", "arch": "infogan", "head": "mse", "latent_dim": k,
+                           "image_shape": list(IMAGE_SHAPE)})  # fmt: skip
+        model = pae.build(ae, np.full(n, 0.1, np.float32), rng.normal(size=(64, k)))
+        generate, sigma = pae.generator(model)
+        u0 = rng.normal(size=(b, INPAINT_STARTS, k)).astype(np.float32)
+
+        def run(generate=generate, sigma=sigma, u0=u0):
+            return inpaint.posterior(generate, sigma, x, c.mask.reshape(-1), c.noise.reshape(-1),
+                                     u0, steps=args.map_steps, gtol=0.0, ftol=-1.0)["u"]  # fmt: skip
+
+        comp, t, _ = _time(run, 3)
+        scale = (INPAINT_IMAGES / b) * (INPAINT_STEPS / args.map_steps)
+        post = jax.tree.map(np.asarray, inpaint.posterior(
+            generate, sigma, x, c.mask.reshape(-1), c.noise.reshape(-1), u0, steps=2))  # fmt: skip
+        per = 100
+        draw = jax.jit(jax.vmap(generate))
+
+        def samples(post=post, draw=draw, per=per, k=k):
+            u = inpaint.sample(post, jax.random.PRNGKey(0), per)
+            return draw(u.reshape(-1, k))
+
+        zb = jnp.zeros((b * per, k))
+        _, t_dec, _ = _time(lambda draw=draw, zb=zb: draw(zb), args.repeats)
+        _, t_s, _ = _time(samples, args.repeats)
+        out[f"k{k}_compile_s"] = comp
+        out[f"k{k}_timed_call_s"] = t
+        out[f"k{k}_wall_s_extrapolated"] = t * scale
+        out[f"k{k}_images_per_s_extrapolated"] = INPAINT_IMAGES / (t * scale)
+        out[f"k{k}_s_per_posterior_sample"] = t_s / (b * per)
+        out[f"k{k}_posterior_sample_decoder_passes"] = t_s / t_dec
+    return out
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -475,7 +533,8 @@ def main(argv=None) -> list[dict]:
     for line in [header]:
         out.append(line)
         emit(line)
-    runners = {"ae_epoch": ae_case, "realnvp_epoch": realnvp_case, "laplace_costs": laplace_case}
+    runners = {"ae_epoch": ae_case, "realnvp_epoch": realnvp_case, "laplace_costs": laplace_case,
+               "inpaint_costs": inpaint_case}  # fmt: skip
     for case in args.cases:
         line = {k: _rounded(v) for k, v in runners[case](args).items()}
         out.append(line)
