@@ -95,3 +95,15 @@ def test_line_chart_writes_a_png(tmp_path):
     assert img.shape == (360, 520, 3) and (img < 250).any()
     with pytest.raises(ValueError, match="no finite points"):
         plots.line_chart({"a": ([1], [float("nan")])}, tmp_path / "d.png")
+
+
+def test_vpae_config_reads_head_k_and_arch():
+    from experiments.configs import vpae
+
+    got = [(c.model.head, c.model.k, c.model.arch) for c in map(vpae.get_config, (
+        "t_diag", "t_diag,10", "matrix_normal_identity,1,cnn"))]  # fmt: skip
+    assert got == [
+        ("t_diag", 1, "mlp"),
+        ("t_diag", 10, "mlp"),
+        ("matrix_normal_identity", 1, "cnn"),
+    ]

@@ -14,7 +14,8 @@ from jaxae import config, models
 
 
 def get_config(arg="normal_identity"):
-    head, k, arch = (arg.split(",") + ["1", "mlp"])[:3] if arg else ("normal_identity", 1, "mlp")
+    parts = (arg or "normal_identity").split(",")
+    head, k, arch = (parts + ["1", "mlp"][len(parts) - 1 :])[:3]
     c = config.default()
     spec = models.vpae_spec(head, int(k), arch)
     c.model.kind, c.model.head, c.model.k = spec["kind"], head, int(k)
