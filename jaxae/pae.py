@@ -174,13 +174,20 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
         "best_epoch": int(best["epoch"]),
         "val_nll": float(best["value"]),  # nats per code, at the best epoch
         "sigma_mean": float(sigma.mean()),
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0,  # this call's
+        "train_seconds": _logged_seconds(workdir / "stage2" / "metrics.jsonl"),  # every call's
         "resumed_from": result.resumed_from,
         "last": history[-1] if history else None,
     }
     if jax.process_index() == 0:
         (workdir / "stage2" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _logged_seconds(path: Path) -> float:
+    """The training time a run's metrics log records, over every session that wrote it."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return float(sum(json.loads(x).get("seconds", 0.0) for x in lines if x.strip()))
 
 
 # --- Using a fitted PAE --------------------------------------------------------------------------
