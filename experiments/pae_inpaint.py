@@ -22,15 +22,14 @@ image's posterior samples (Laplace mixture, then NUTS).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import pae_cli
 from experiments import train as etrain
 from experiments.configs import pae as pae_config
 from jaxae import checkpoint, inpaint, pae, plots
@@ -69,26 +68,12 @@ def _intervals(truth, draws, sigma, key):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cpu", action="store_true", help="the scaled-down CPU configuration")
+    p = pae_cli.parser(__doc__, "runs/pae_mnist")
     p.add_argument("--ks", default=None, help="comma-separated latent dims (default 8,32)")
-    p.add_argument(
-        "--runs", default=None, help="run folders' root (default runs/pae_mnist[_paper])"
-    )
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     prof = Profile(args.cpu)
-    if args.ks:
-        prof.ks = tuple(int(k) for k in args.ks.split(","))
-    runs = Path(args.runs or ("runs/pae_mnist" if args.cpu else "runs/pae_mnist_paper"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    prof.ks = pae_cli.ks(args.ks, prof.ks)
+    runs, out, log = pae_cli.start(args)
 
     test = jdata.load_raw("mnist", "test", args.data_dir).images[: prof.n]
     rows, tag = [], f"pae_inpaint_{prof.name}"

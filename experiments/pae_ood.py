@@ -29,7 +29,6 @@ Scores are cached in ``<runs>/k<K>/ood/<set>.npz``; a rerun only computes what i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import pae_cli
 from experiments import train as etrain
 from experiments.configs import pae as pae_config
 from experiments.configs import pae_vae, vpae
@@ -184,11 +184,8 @@ def table(rows: list[dict], sets: list[str]) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cpu", action="store_true", help="the scaled-down CPU configuration")
+    p = pae_cli.parser(__doc__, "runs/pae", seed=False)
     p.add_argument("--ks", default=None, help="comma-separated latent dims (default 4,8,16,32,64)")
-    p.add_argument("--runs", default=None, help="run folders' root (default runs/pae[_paper])")
-    p.add_argument("--out", default="experiments/results", help="where the table and PNG go")
     p.add_argument(
         "--extra",
         action="append",
@@ -196,19 +193,12 @@ def main(argv=None) -> dict:
         metavar="NAME=PATH",
         help="another outlier set: an .npz with uint8 'images' [N, 28, 28(, 1)]",
     )
-    p.add_argument("--data-dir", default=None)
     p.add_argument("--no-baselines", action="store_true", help="PAE scores only")
+    p.add_argument("--no-train", action="store_true", help="use the runs as they are (finished)")
     args = p.parse_args(argv)
     prof = Profile(args.cpu)
-    if args.ks:
-        prof.ks = tuple(int(k) for k in args.ks.split(","))
-    runs = Path(args.runs or ("runs/pae" if args.cpu else "runs/pae_paper"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    prof.ks = pae_cli.ks(args.ks, prof.ks)
+    runs, out, log = pae_cli.start(args)
 
     try:
         extras = [load_extra(e) for e in args.extra]
@@ -221,7 +211,7 @@ def main(argv=None) -> dict:
     trained = {f"k{k}": prof.pae(k) for k in prof.ks}
     if not args.no_baselines:
         trained.update(vae_k32=prof.vae(), vpae_t_diag_k10=prof.vpae())
-    for name, config in trained.items():
+    for name, config in trained.items() if not args.no_train else ():
         log(f"train {name}")
         etrain.train_and_evaluate(config, runs / name, data_dir=args.data_dir, progress=False)
 

@@ -22,15 +22,13 @@ cached in ``<runs>/table1/``, so a rerun computes only what is missing.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from experiments import pae_cli
 from experiments import train as etrain
 from experiments.configs import pae as pae_config
 from experiments.configs import pae_vae
@@ -66,22 +64,13 @@ ROWS = (  # row -> (run folder, stage, sampler)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cpu", action="store_true", help="the scaled-down CPU configuration")
+    p = pae_cli.parser(__doc__, "runs/pae")
     p.add_argument("--quick", action="store_true", help="1,000 images instead of 10,000")
-    p.add_argument("--runs", default=None, help="run folders' root (default runs/pae[_paper])")
-    p.add_argument("--out", default="experiments/results")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     n = evaluate.QUICK_COUNT if args.quick else evaluate.STANDARD_COUNT
-    runs = Path(args.runs or ("runs/pae" if args.cpu else "runs/pae_paper"))
+    runs, out, log = pae_cli.start(args)
     cache = runs / "table1"
     cache.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
     for name, config in configs(args.cpu).items():
         log(f"train {name}")
@@ -129,8 +118,6 @@ def main(argv=None) -> dict:
     grids.append(recon[:10])
 
     tag = ("cpu" if args.cpu else "paper") + ("_quick" if args.quick else "")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cmd = f"python -m experiments.pae_table1{' --cpu' if args.cpu else ''}" + (
         " --quick" if args.quick else ""
     )
