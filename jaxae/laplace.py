@@ -20,7 +20,7 @@ normalised log p(x) (Eq. 11, see its docstring for why Eq. 11 needs no K/2 ln 2 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -157,18 +157,76 @@ class MapReport(NamedTuple):
     steps: jax.Array  # int: optimiser steps taken (stops early once converged)
 
 
+def parallel_linesearch(
+    etas: Sequence[float] = tuple(2.0**-j for j in range(-1, 7)),
+    steepest_etas: Sequence[float] = (1.0, 0.1, 0.01, 1e-3, 1e-4),
+) -> optax.GradientTransformationExtraArgs:
+    """A line search on a fixed grid of trial steps, all evaluated at once.
+
+    With d the incoming direction (L-BFGS's; replaced by s if it is not a descent direction)
+    and s = -grad / max(1, ||grad||), the trials are x + eta d for eta in `etas` and x + eta s
+    for eta in `steepest_etas`; the step goes to the trial with the lowest value if it is below
+    f(x), else nowhere (which `minimize` reports as a stall). The steepest-descent trials span
+    four decades, so a first step whose scale L-BFGS cannot know yet, or a direction spoilt by
+    a bad curvature pair, still makes progress.
+
+    Why not optax's line searches: they branch with ``lax.cond`` on objective values. Under
+    ``vmap`` (every image and every start at once, as `jaxae.inpaint` and `scores` run) JAX
+    turns a batched ``cond`` into a ``select`` and broadcasts every operand of the branches
+    over the batch, the decoder's weights included, so each trial becomes a per-example grouped
+    convolution. On the K=8 MNIST PAE's inpainting MAP (10 images x 4 starts), 30 vmapped
+    L-BFGS steps took 77-101 s with ``optax.lbfgs()``'s zoom search and 65 s with optax's
+    backtracking, against 3.8 s here; after 100 steps the mean objective is 205.5 here and
+    205.0 for the zoom search run one start at a time (``lax.map``, 24 s). The trials are one
+    ``vmap``: len(etas) + len(steepest_etas) forward passes per step, no branch, no inner loop.
+    """
+    # NumPy, not jnp: the optimiser may be built inside a trace (`default_optimizer` under jit)
+    # and then outlive it.
+    trial_etas = np.concatenate(
+        [np.asarray(etas, np.float32), np.asarray(steepest_etas, np.float32)]
+    )
+    along_d = np.arange(trial_etas.shape[0]) < len(etas)
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params, *, value, grad, value_fn, **extra_args):
+        del extra_args  # value_fn takes the parameters alone
+        steepest = optax.tree.scale(-1.0 / jnp.maximum(1.0, optax.tree.norm(grad)), grad)
+        descent = optax.tree.real(optax.tree.vdot(updates, grad)) < 0
+        d = jax.tree.map(lambda a, b: jnp.where(descent, a, b), updates, steepest)
+
+        def trial_steps(a, b):  # [T, ...]: eta_j d for the first len(etas), eta_i s after
+            eta = trial_etas.astype(a.dtype).reshape(-1, *([1] * a.ndim))
+            return eta * jnp.where(along_d.reshape(eta.shape), a, b)
+
+        steps = jax.tree.map(trial_steps, d, steepest)
+        f = jax.vmap(lambda step: value_fn(optax.tree.add(params, step)))(steps)
+        f = jnp.where(jnp.isfinite(f), f, jnp.inf)
+        pick = jnp.argmin(f)
+        accept = f[pick] < value
+        step = jax.tree.map(lambda t: jnp.where(accept, t[pick], jnp.zeros_like(t[pick])), steps)
+        return step, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 _DEFAULT_OPTIMIZER = None
 
 
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
-    """L-BFGS with a zoom line search: the MAP is a smooth, deterministic, K-dim problem.
+    """L-BFGS (optax's ``scale_by_lbfgs``) with `parallel_linesearch`: the MAP is a smooth,
+    deterministic, K-dim problem, solved for many examples at once under ``vmap``.
 
     One module-level instance, so that ``scores`` (which keys its jit cache on the optimiser)
     does not retrace when called without an explicit optimiser.
     """
     global _DEFAULT_OPTIMIZER
     if _DEFAULT_OPTIMIZER is None:
-        _DEFAULT_OPTIMIZER = optax.lbfgs()
+        _DEFAULT_OPTIMIZER = optax.chain(
+            optax.scale_by_lbfgs(), optax.scale(-1.0), parallel_linesearch()
+        )
     return _DEFAULT_OPTIMIZER
 
 
@@ -187,13 +245,13 @@ def minimize(
     (`map_estimate`) and the inpainting MAP of Eq. 13 (`jaxae.inpaint`) both use it.
 
     Any optax optimiser works: plain ones (``optax.adam(1e-2)``) are wrapped with
-    ``optax.with_extra_args_support``; ``optax.lbfgs`` (the default) receives the value,
-    gradient and ``value_fn`` its line search needs.
+    ``optax.with_extra_args_support``; line searches (the default's, ``optax.lbfgs``'s) receive
+    the value, gradient and ``value_fn`` they need.
 
     Args:
       value_fn: x [D] -> [] objective.
       x0: [D] start.
-      optimizer: optax optimiser; None -> ``default_optimizer()`` (L-BFGS).
+      optimizer: optax optimiser; None -> ``default_optimizer()`` (vmap-friendly L-BFGS).
       steps: maximum number of optimiser steps (static).
       gtol: converged when ||grad|| <= gtol.
       ftol: also converged when |f_prev - f| <= ftol * max(|f|, 1). With the default 0 this
@@ -339,7 +397,9 @@ def _scores_batch(decode, flow, sigma, x, z0, *, optimizer, map_steps, gtol, fto
 _scores_jit = jax.jit(_scores_batch, static_argnames=("optimizer", "map_steps", "gtol", "ftol"))
 
 
-def _as_partial(fn):
+def as_partial(fn):
+    """fn as a `jax.tree_util.Partial`, a pytree a jitted function can take as an argument (its
+    bound arrays traced, not baked in as constants)."""
     return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
 
 
@@ -375,8 +435,8 @@ def scores(
     """
     validate(sigma, x, z0, batched=True)
     return _scores_jit(
-        _as_partial(decode),
-        _as_partial(flow),
+        as_partial(decode),
+        as_partial(flow),
         jnp.asarray(sigma),
         jnp.asarray(x),
         jnp.asarray(z0),

@@ -128,6 +128,42 @@ def test_adam_map_reaches_ppca_posterior_mean(x64):
     assert bool(report.converged) and int(report.steps) < 5000
 
 
+def test_default_optimizer_vmapped_has_no_branch_and_converges(x64):
+    """The default L-BFGS solves a batch of Rosenbrock problems under vmap, and has no lax.cond
+    to batch: vmap turns one into a select over every operand broadcast to the batch, the
+    decoder's weights included."""
+    rosen = lambda v: jnp.sum(100.0 * (v[1:] - v[:-1] ** 2) ** 2 + (1.0 - v[:-1]) ** 2)
+    starts = jnp.array([[-1.2, 1.0, 0.5], [0.0, 0.0, 0.0], [2.0, -1.0, 3.0]])
+    run = jax.vmap(lambda x0: laplace.minimize(rosen, x0, steps=500, gtol=1e-8))
+    x, report = jax.jit(run)(starts)
+    np.testing.assert_allclose(x, np.ones_like(starts), atol=1e-5)
+    assert bool(jnp.all(report.converged)) and float(report.grad_norm.max()) <= 1e-8
+    one = lambda opt: str(jax.make_jaxpr(lambda x0: laplace.minimize(rosen, x0, optimizer=opt))(
+        starts[0]))  # fmt: skip
+    assert " cond[" not in one(None) and " cond[" in one(optax.lbfgs())
+
+
+def test_default_optimizer_built_under_jit_outlives_the_trace(monkeypatch):
+    monkeypatch.setattr(laplace, "_DEFAULT_OPTIMIZER", None)
+    f = lambda v: jnp.sum((v - 1.0) ** 2)
+    solve = lambda x0: laplace.minimize(f, x0, steps=20)[0]
+    jax.jit(solve)(jnp.zeros(2))  # builds the module's optimiser inside this trace
+    np.testing.assert_allclose(jax.jit(lambda x0: solve(x0) * 1.0)(jnp.zeros(2)), 1.0, atol=1e-5)
+
+
+def test_parallel_linesearch_takes_no_step_uphill():
+    f = lambda v: jnp.sum(v**2)
+    ls = laplace.parallel_linesearch(etas=(1.0,), steepest_etas=(4.0,))
+    x = jnp.array([1.0, -1.0])
+    # Both trials (x + d and x - 4 grad/||grad||) are worse than f(x) = 2: no step.
+    step, _ = ls.update(jnp.array([-2.0, 2.0]), ls.init(x), x, value=f(x), grad=2 * x, value_fn=f)
+    np.testing.assert_array_equal(step, [0.0, 0.0])
+    # An ascent direction is replaced by the steepest descent one, -grad/||grad||.
+    ls = laplace.parallel_linesearch(etas=(1.0,), steepest_etas=())
+    step, _ = ls.update(jnp.array([1.0, 0.0]), ls.init(x), x, value=f(x), grad=2 * x, value_fn=f)
+    np.testing.assert_allclose(step, -x / np.sqrt(2), rtol=1e-6)
+
+
 def test_unconverged_map_is_reported(x64):
     w, mu, sigma, x = _ppca()
     decode = lambda v: w @ v + mu
