@@ -221,8 +221,7 @@ def posterior(generate: GenerateFn, sigma, x_t, mask, noise, u0, *, steps: int =
     if u0.ndim != 3 or u0.shape[0] != b:
         raise ValueError(f"starts u0 must be [B={b}, S, K], got {u0.shape}")
     var = sigma**2 + noise**2
-    partial = generate if isinstance(generate, jax.tree_util.Partial) else \
-        jax.tree_util.Partial(generate)  # fmt: skip
+    partial = laplace.as_partial(generate)
     return _posterior_jit(partial, var, jnp.where(mask, x_t, 0.0), mask, u0,
                           optimizer=optimizer or laplace.default_optimizer(), steps=int(steps),
                           gtol=float(gtol), ftol=float(ftol),
@@ -260,6 +259,20 @@ class Result(NamedTuple):
     mean: np.ndarray  # [B, H, W, C]: the samples' mean
     std: np.ndarray  # [B, H, W, C]: the samples' per-pixel std
     num_modes: np.ndarray  # [B] distinct modes
+
+
+@jax.jit
+def _decode_chunk(generate, u):
+    return jax.vmap(generate)(u)
+
+
+def decode_codes(generate: GenerateFn, u, chunk: int = 256) -> np.ndarray:
+    """G(u) [M, N] of codes u [M, K], in chunks: a batched transposed convolution's buffers grow
+    with the batch (thousands of posterior samples at once would take tens of GiB on a CPU)."""
+    generate = laplace.as_partial(generate)
+    u = jnp.asarray(u)
+    parts = [np.asarray(_decode_chunk(generate, u[i : i + chunk])) for i in range(0, len(u), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
 def pae_posterior(model, images, c: Corruption, *, scale: str, key, starts: int = 10,
@@ -303,14 +316,16 @@ def pae_posterior(model, images, c: Corruption, *, scale: str, key, starts: int 
     post = posterior(generate, sigma, x_model.reshape(b, -1), c.mask.reshape(-1),
                      c.noise.reshape(-1), u0, steps=steps, optimizer=optimizer,
                      merge_radius=merge_radius)  # fmt: skip
-    decode_u = jax.jit(jax.vmap(generate))
     best = jnp.argmin(jnp.where(post["distinct"], post["objective"], jnp.inf), axis=1)
     u_best = jnp.take_along_axis(post["u"], best[:, None, None], axis=1)[:, 0]
     to_image = lambda g: np.clip(np.asarray(g) + offset, 0.0, 1.0).reshape(*g.shape[:-1], *shape)  # noqa: E731
     u_s = sample(post, k_samples, num_samples)  # [B, n, K]
-    samples = to_image(decode_u(u_s.reshape(-1, u_s.shape[-1])).reshape(b, num_samples, -1))
-    return Result(post=jax.tree.map(np.asarray, post), map_image=to_image(decode_u(u_best)),
-                  samples=samples, mean=samples.mean(1), std=samples.std(1),
+    samples = to_image(
+        decode_codes(generate, u_s.reshape(-1, u_s.shape[-1])).reshape(b, num_samples, -1)
+    )
+    map_image = to_image(decode_codes(generate, u_best))
+    return Result(post=jax.tree.map(np.asarray, post), map_image=map_image, samples=samples,
+                  mean=samples.mean(1), std=samples.std(1),
                   num_modes=np.asarray(post["distinct"]).sum(1))  # fmt: skip
 
 
@@ -321,33 +336,36 @@ def nuts(generate: GenerateFn, sigma, x_t, mask, noise, u_init, key, *, num_warm
          num_samples: int = 1000) -> dict:  # fmt: skip
     """NUTS samples of Eq. 13 for one image (`blackjax`: window adaptation of the step size and
     a diagonal mass matrix, then `num_samples` draws), the reference the Laplace mixture is
-    checked against. x_t, mask, noise, sigma: [N]; u_init [K] (e.g. the best MAP).
+    checked against. x_t, mask, noise, sigma: [N]; u_init [K] (e.g. the best MAP). One jitted
+    call, compiled once per shape: the decoder's weights are arguments, not constants.
 
     Returns {'u': [num_samples, K], 'acceptance': [], 'divergences': []}.
     """
-    import blackjax  # only the reference sampler needs it
-
     var = (
         jnp.asarray(sigma) ** 2 + jnp.broadcast_to(jnp.asarray(noise, jnp.float32), x_t.shape) ** 2
     )
     mask = jnp.broadcast_to(jnp.asarray(mask, bool), x_t.shape)
     x_t = jnp.where(mask, jnp.asarray(x_t), 0.0)
+    partial = laplace.as_partial(generate)
+    return _nuts(partial, var, x_t, mask, jnp.asarray(u_init), key, num_warmup=int(num_warmup),
+                 num_samples=int(num_samples))  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("num_warmup", "num_samples"))
+def _nuts(generate, var, x_t, mask, u_init, key, *, num_warmup, num_samples):
+    import blackjax  # only the reference sampler needs it
 
     def logdensity(u):
         return -neg_log_posterior(generate, var, x_t, mask, u)
 
     k_warm, k_run = jax.random.split(key)
     warmup = blackjax.window_adaptation(blackjax.nuts, logdensity)
-    (state, params), _ = warmup.run(k_warm, jnp.asarray(u_init), num_steps=num_warmup)
+    (state, params), _ = warmup.run(k_warm, u_init, num_steps=num_warmup)
     kernel = blackjax.nuts(logdensity, **params).step
 
-    @jax.jit
-    def run(state, key):
-        def step(state, k):
-            state, info = kernel(k, state)
-            return state, (state.position, info.acceptance_rate, info.is_divergent)
+    def step(state, k):
+        state, info = kernel(k, state)
+        return state, (state.position, info.acceptance_rate, info.is_divergent)
 
-        return jax.lax.scan(step, state, jax.random.split(key, num_samples))[1]
-
-    u, acceptance, divergent = run(state, k_run)
+    u, acceptance, divergent = jax.lax.scan(step, state, jax.random.split(k_run, num_samples))[1]
     return {"u": u, "acceptance": jnp.mean(acceptance), "divergences": jnp.sum(divergent)}
