@@ -36,7 +36,9 @@ shared and timings vary up to 1.6x between runs: compare ratios within one run, 
   cost does not depend on them) MAP-inpaints ``--inpaint-images`` random images with the block
   corruption from 10 starts each, ``--map-steps`` L-BFGS steps with no early stop, in one
   ``inpaint.posterior`` call (MAPs, Hessians, mode merging); the time is extrapolated linearly
-  to 1,000 images x 100 steps (``_extrapolated``). ``s_per_posterior_sample``: drawing 100
+  to 1,000 images x 100 steps (``_extrapolated``); ``map_decoder_passes_per_start_step`` is one
+  L-BFGS step of one start as a multiple of one decoder pass per image (the parallel line search
+  evaluates 13 trial points per step). ``s_per_posterior_sample``: drawing 100
   mixture samples per image and decoding them, per sample, also as a multiple of one batched
   decoder pass over as many codes (``posterior_sample_decoder_passes``).
 
@@ -44,13 +46,21 @@ Every time is the median of ``--repeats`` calls after a first (compiling) call, 
 ``compile_s``.
 
 Output of a real run on 2 CPU cores (2026-12-02), ``python -m benchmarks.pae_speed``
-(517 s; the MAP's timed calls were 5 then, now 3, so a run now takes about 6 minutes)::
+(517 s), for the first two cases::
 
     {"case": "setup", "backend": "cpu", "devices": 1, "cpus": 2, "jax": "0.10.2", "quick": false, "repeats": 5}
     {"case": "ae_epoch", "model": "infogan", "K": 32, "batch_size": 128, "devices": 1, "steps_per_epoch": 468, "data": "60000 random uint8 28x28x1 images", "timed_steps_per_call": 20, "extrapolated": true, "compile_s": 5.685, "s_per_epoch": 73.1, "s_per_epoch_all": [75.24, 73.74, 71.03, 70.87, 73.1], "plain_timed_steps_per_call": 4, "plain_compile_s": 18.92, "s_per_epoch_plain": 2053.0, "s_per_epoch_plain_all": [2053.0, 2061.0, 2044.0, 2052.0, 2080.0], "speedup": 28.08, "torch_reference_s": 56.0, "torch_reference_note": "STYLE.md constant (plain PyTorch), not measured in this run", "ratio_torch_reference_to_ours": 0.7661}
     {"case": "realnvp_epoch", "K": 32, "n_layers": 8, "hidden": 128, "n_blocks": 2, "batch_size": 256, "num_examples": 60000, "steps_per_call": 234, "devices": 1, "compile_s": 3.82, "s_per_epoch": 2.134, "extrapolated": false, "s_per_epoch_all": [2.134, 2.125, 2.084, 2.209, 2.255], "examples_per_s": 28070.0, "plain_compile_s": 3.516, "s_per_epoch_plain": 2.031, "s_per_epoch_plain_all": [2.069, 1.998, 2.043, 1.931, 2.031], "examples_per_s_plain": 29490.0, "speedup": 0.9518, "nflows_reference_s": 3.2, "nflows_reference_note": "STYLE.md constant (nflows), not measured in this run", "ratio_nflows_reference_to_ours": 1.499}
-    {"case": "laplace_costs", "K": 32, "batch": 128, "image_shape": [28, 28, 1], "map_steps": 20, "map_optimizer": "optax.lbfgs (default), no early stop", "decoder_pass_s": 0.03702, "decoder_pass_s_per_image": 0.0002892, "decoder_vmapped_single_example_passes": 0.9755, "reconstruction_s_per_image": 0.0002887, "reconstruction_images_per_s": 3464.0, "reconstruction_decoder_passes": 0.9982, "reconstruction_compile_s": 0.3364, "latent_density_s_per_image": 1.415e-05, "latent_density_images_per_s": 70650.0, "latent_density_decoder_passes": 0.04894, "latent_density_compile_s": 0.2939, "eq12_map_s_per_image": 0.374, "eq12_map_images_per_s": 2.674, "eq12_map_decoder_passes": 1293.0, "eq12_map_compile_s": 56.93, "log_evidence_s_per_image": 0.01064, "log_evidence_images_per_s": 94.01, "log_evidence_decoder_passes": 36.78, "log_evidence_compile_s": 49.97, "log_evidence_target_passes": 49.5, "target_met": true}
-    {"case": "total", "wall_s": 517.4}
+
+and of ``python -m benchmarks.pae_speed --cases laplace_costs,inpaint_costs`` (2026-12-03,
+149 s; the MAPs use `laplace.default_optimizer`, whose line search evaluates its trial steps
+in one vmap: with optax's zoom line search, vmapped, ``eq12_map`` cost 1,293 decoder passes
+on 2026-12-02)::
+
+    {"case": "setup", "backend": "cpu", "devices": 1, "cpus": 2, "jax": "0.10.2", "quick": false, "repeats": 5}
+    {"case": "laplace_costs", "K": 32, "batch": 128, "image_shape": [28, 28, 1], "map_steps": 20, "map_optimizer": "laplace.default_optimizer() (L-BFGS, parallel line search), no early stop", "decoder_pass_s": 0.0341, "decoder_pass_s_per_image": 0.0002664, "decoder_vmapped_single_example_passes": 0.9503, "reconstruction_s_per_image": 0.0002552, "reconstruction_images_per_s": 3918.0, "reconstruction_decoder_passes": 0.9582, "reconstruction_compile_s": 0.3283, "latent_density_s_per_image": 1.195e-05, "latent_density_images_per_s": 83700.0, "latent_density_decoder_passes": 0.04485, "latent_density_compile_s": 0.3305, "eq12_map_s_per_image": 0.06151, "eq12_map_images_per_s": 16.26, "eq12_map_decoder_passes": 230.9, "eq12_map_compile_s": 11.16, "log_evidence_s_per_image": 0.009403, "log_evidence_images_per_s": 106.3, "log_evidence_decoder_passes": 35.3, "log_evidence_compile_s": 3.315, "log_evidence_target_passes": 49.5, "target_met": true}
+    {"case": "inpaint_costs", "corruption": "block_noise", "starts": 10, "timed_images": 8, "timed_steps": 20, "extrapolated_to": "1000 images x 10 starts x 100 steps (linear: a fixed budget, no early stop)", "k8_compile_s": 13.01, "k8_timed_call_s": 5.439, "k8_wall_s_extrapolated": 3400.0, "k8_images_per_s_extrapolated": 0.2942, "k8_map_decoder_passes_per_start_step": 12.71, "k8_s_per_posterior_sample": 0.0002765, "k8_posterior_sample_decoder_passes": 1.034, "k32_compile_s": 15.64, "k32_timed_call_s": 7.692, "k32_wall_s_extrapolated": 4807.0, "k32_images_per_s_extrapolated": 0.208, "k32_map_decoder_passes_per_start_step": 18.25, "k32_s_per_posterior_sample": 0.0002621, "k32_posterior_sample_decoder_passes": 0.9946}
+    {"case": "total", "wall_s": 149.2}
 """
 
 from __future__ import annotations
@@ -451,7 +461,7 @@ def laplace_case(args) -> dict:
     dec_vmapped = batched(lambda d, f, xi, zi: d(zi))
     _, t_dec_v, _ = _time(lambda: dec_vmapped(z0), args.repeats)
     out = {"case": "laplace_costs", "K": K, "batch": b, "image_shape": list(IMAGE_SHAPE),
-           "map_steps": args.map_steps, "map_optimizer": "optax.lbfgs (default), no early stop",
+           "map_steps": args.map_steps, "map_optimizer": "laplace.default_optimizer() (L-BFGS, parallel line search), no early stop",
            "decoder_pass_s": t_dec, "decoder_pass_s_per_image": t_dec / b,
            "decoder_vmapped_single_example_passes": t_dec_v / t_dec}  # fmt: skip
     z_map = None
@@ -518,6 +528,10 @@ def inpaint_case(args) -> dict:
         out[f"k{k}_timed_call_s"] = t
         out[f"k{k}_wall_s_extrapolated"] = t * scale
         out[f"k{k}_images_per_s_extrapolated"] = INPAINT_IMAGES / (t * scale)
+        # one MAP step of one start, in batched decoder passes per image (t_dec: b * per codes)
+        out[f"k{k}_map_decoder_passes_per_start_step"] = (
+            t / (b * INPAINT_STARTS * args.map_steps) / (t_dec / (b * per))
+        )
         out[f"k{k}_s_per_posterior_sample"] = t_s / (b * per)
         out[f"k{k}_posterior_sample_decoder_passes"] = t_s / t_dec
     return out
