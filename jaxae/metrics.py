@@ -487,6 +487,33 @@ def auroc_ci(
     return _auroc(neg, pos), float(lo), float(hi)
 
 
+def roc_curve(inlier_scores, outlier_scores) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve of an outlier score: the outliers are the positives, higher = outlier.
+
+    One point per distinct score t, from the highest down: the fractions of inliers (FPR) and
+    of outliers (TPR) scoring >= t, after a first point (0, 0). Tied scores enter together, so
+    a tie between an inlier and an outlier is a diagonal step, and the trapezoid area under the
+    curve equals `auroc` (ties counted 1/2).
+
+    Args:
+      inlier_scores: [n_neg] scores of the inliers (negatives).
+      outlier_scores: [n_pos] scores of the outliers (positives).
+
+    Returns:
+      ``(fpr, tpr)``: [T + 1] each, non-decreasing from 0 to 1, T the number of distinct scores.
+    """
+    neg = _as_scores(inlier_scores, "inlier_scores")
+    pos = _as_scores(outlier_scores, "outlier_scores")
+    s = np.concatenate([neg, pos])
+    order = np.argsort(-s, kind="stable")
+    is_pos = np.concatenate([np.zeros(neg.size), np.ones(pos.size)])[order]
+    s = s[order]
+    last = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last index of each tied group
+    tp = np.cumsum(is_pos)[last]
+    fp = last + 1 - tp
+    return np.concatenate([[0.0], fp / neg.size]), np.concatenate([[0.0], tp / pos.size])
+
+
 # ----------------------------------------------------------------------------------------------
 # Clustering
 
