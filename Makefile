@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_ARGS ?=
 
-.PHONY: venv demo test lint fashion-mnist bench clean
+.PHONY: venv demo test lint fashion-mnist bench docs clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ lint: venv
 
 bench: venv fashion-mnist
 	$(PY) -m benchmarks.train_speed
+
+# The documentation site (docs/, mkdocs.yml) into build/site, offline and in strict mode: a broken
+# link or cross-reference, or a public function without a docstring (docs/hooks.py), fails it.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

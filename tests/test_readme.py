@@ -1,4 +1,5 @@
-"""The README's examples run as written, and its new-model example is the shipped module.
+"""The README's examples run as written, its new-model example is the shipped module, and it
+stays a short first read (the two commands first, at most 150 lines).
 
 The examples run in a child process with JAX's default devices, as a reader's session would,
 not on this suite's four CPU devices: forcing more devices than cores and queueing 100
@@ -33,6 +34,14 @@ def ran(fashion_mnist):
 
 def test_the_readme_has_its_examples():
     assert len(BLOCKS) >= 3 and len(NEW_MODEL) == 1
+
+
+def test_the_readme_is_short_and_starts_with_the_two_commands():
+    # what a newcomer reads first; the details live in docs/ (make docs)
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move details into docs/"
+    first = "\n".join(lines[:6])
+    assert "make demo" in first and "make test" in first
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
