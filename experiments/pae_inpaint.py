@@ -1,8 +1,13 @@
 """The PAE paper's inpainting and denoising (Boehm & Seljak 2020, Sec. 2.3 and 4.2, Figure 6):
 posterior analysis of corrupted MNIST digits in the flow's latent space (`jaxae.inpaint`).
 
-    python -m experiments.pae_inpaint --cpu      # scaled down, ~30 min on 2 CPU cores
+    python -m experiments.pae_inpaint --cpu --out experiments/results   # ~30 min on 2 cores
     python -m experiments.pae_inpaint            # 1,000 images, 10 starts, 100 L-BFGS steps
+
+The first command writes the committed ``experiments/results/pae_inpaint_cpu*``; without --out,
+tables and PNGs go to ``runs/pae_results``. It resumes only runs it made with its own settings
+(`pae_cli.check_owned`: another run stops it, naming the differing fields); ``--no-train``
+uses the runs as they are.
 
 For each K (the paper's K=8 and a larger one, 32) it trains (or resumes) the PAE on MNIST in
 ``<runs>/k<K>`` (`experiments/configs/pae.py`, dataset MNIST), then for each corruption of
@@ -31,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import pae_cli
-from experiments import train as etrain
 from experiments.configs import pae as pae_config
-from jaxae import checkpoint, inpaint, pae, plots
 from jaxae import data as jdata
+from jaxae import inpaint, pae, plots
 
 
 class Profile:
@@ -70,22 +74,26 @@ def _intervals(truth, draws, sigma, key):
     return out
 
 
-def main(argv=None) -> dict:
-    p = pae_cli.parser(__doc__, "runs/pae_mnist")
+def make_parser():
+    """The command line (`pae_cli.parser` and --ks)."""
+    p = pae_cli.parser(__doc__, "runs/pae_mnist", module="experiments.pae_inpaint")
     p.add_argument("--ks", default=None, help="comma-separated latent dims (default 8,32)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = pae_cli.parse(make_parser(), argv)
     prof = Profile(args.cpu)
     prof.ks = pae_cli.ks(args.ks, prof.ks)
     runs, out, log = pae_cli.start(args)
 
     test = jdata.load_raw("mnist", "test", args.data_dir).images[: prof.n]
     rows, tag = [], f"pae_inpaint_{prof.name}"
+    pae_cli.train({f"k{k}": prof.config(k) for k in prof.ks}, runs, args, log)  # the runs it owns
     for ki, k in enumerate(prof.ks):
-        log(f"train k{k}")
-        config = prof.config(k)
-        etrain.train_and_evaluate(config, runs / f"k{k}", data_dir=args.data_dir, progress=False)
-        model = checkpoint.restore_params(runs / f"k{k}").model
-        scale, shape = config.data.scale, tuple(model.image_shape)
+        restored = pae_cli.restore(runs / f"k{k}")
+        model = restored.model
+        scale, shape = restored.config.data.scale, tuple(model.image_shape)
         offset = jdata.Preprocess(scale).offset
         x = test.astype(np.float32) / 255.0
         generate, sigma = pae.generator(model)
@@ -157,14 +165,24 @@ def main(argv=None) -> dict:
             if ci == 0:
                 u_mix = inpaint.sample(parts[0].post, jax.random.PRNGKey(3), 2000)[0, :, :2]
                 hist.insert(0, np.asarray(u_mix))
-        plots.image_grid(figure, out / f"{tag}_k{k}.png")
+        plots.image_grid(
+            figure, out / f"{tag}_k{k}.png", row_labels=list(inpaint.CORRUPTIONS),
+            col_labels=["input", "MAP", "truth", "sample 1", "2", "3", "4", "5",
+                        "masked 1", "2", "3", "4", "5", "std"],
+            title=f"K={k}, first test image: hidden pixels grey; masked = the samples on the "
+            "observed pixels; std scaled to its maximum",
+        )  # fmt: skip
         if hist:
             lim = max(float(np.abs(h).max()) for h in hist)
             images = []
             for h in hist:
                 counts = np.histogram2d(h[:, 0], h[:, 1], bins=28, range=[[-lim, lim]] * 2)[0]
                 images.append(counts / counts.max())
-            plots.image_grid([images], out / f"{tag}_k{k}_marginal.png", scale=4)
+            plots.image_grid(
+                [images], out / f"{tag}_k{k}_marginal.png", scale=4,
+                col_labels=["Laplace mixture", "NUTS"][: len(images)],
+                title=f"2-D histogram of (u_0, u_1), {inpaint.CORRUPTIONS[0]}",
+            )  # fmt: skip
 
     cols = ["k", "corruption", "mse_map", "mse_mean", "mse_baseline", "cover68", "cover95",
             "modes_mean", "converged", "nuts_cover68", "nuts_cover95", "mix_on_nuts_cover68",
@@ -173,8 +191,9 @@ def main(argv=None) -> dict:
     lines = [
         f"# PAE inpainting and denoising on MNIST ({prof.name} configuration)",
         "",
-        f"Command: `python -m experiments.pae_inpaint{' --cpu' if args.cpu else ''}`. First "
-        f"{prof.n} test images, {prof.starts} starts per image, {prof.steps} L-BFGS steps, "
+        f"Command: `{args.command}`",
+        "",
+        f"First {prof.n} test images, {prof.starts} starts per image, {prof.steps} L-BFGS steps, "
         f"{prof.samples} posterior samples; NUTS ({prof.nuts_warmup} warm-up steps, "
         f"{prof.nuts_samples} draws) on the first {prof.nuts_n} images at K={prof.ks[0]}. "
         "MSE on the hidden pixels (noise05: all pixels), pixels in [0, 1].",

@@ -1,9 +1,14 @@
 """The PAE paper's Table 2 and Figure 5 (Boehm & Seljak 2020, Sec. 4.2): out-of-distribution
 detection on Fashion-MNIST with the PAE's scores, for several latent dimensions K.
 
-    python -m experiments.pae_ood --cpu                  # ~2 h on 2 CPU cores, resumable
+    python -m experiments.pae_ood --cpu --out experiments/results   # ~2 h on 2 CPU cores
     python -m experiments.pae_ood                        # paper scale (a GPU)
     python -m experiments.pae_ood --cpu --extra kmnist=/path/kmnist.npz
+
+The first command writes the committed ``experiments/results/pae_ood_cpu.*``; without --out,
+tables and PNGs go to ``runs/pae_results``. It resumes only runs it made with its own settings
+(`pae_cli.check_owned`: another run stops it, naming the differing fields); ``--no-train``
+uses the runs as they are.
 
 In-distribution: the Fashion-MNIST test set. Outliers: the MNIST test set, Omniglot (28 x 28,
 inverted to white on black), and the Fashion-MNIST test images flipped left-right (hflip) and
@@ -24,7 +29,8 @@ ELBO) and the VPAE head with the best test NLL in `experiments/results/vpae_fash
 images of every set. Nothing is tuned on the outliers: every score is used as defined.
 AUROC with 95% percentile-bootstrap intervals (`metrics.auroc_ci`); Figure 5: the ratio of the
 true- to the false-positive rate at a 5% false-negative rate against K, for (a) and (b).
-Scores are cached in ``<runs>/k<K>/ood/<set>.npz``; a rerun only computes what is missing.
+Scores are cached in ``<runs>/k<K>/ood/<set>.npz``, keyed on the images' bytes and on the
+checkpoint (each stage's step and the weights' sha256); a rerun only computes what is missing.
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ from pathlib import Path
 import numpy as np
 
 from experiments import pae_cli
-from experiments import train as etrain
 from experiments.configs import pae as pae_config
 from experiments.configs import pae_vae, vpae
 from jaxae import checkpoint, evaluate, metrics, pae, plots
@@ -85,12 +90,10 @@ def load_extra(spec: str) -> tuple[str, np.ndarray]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
         raise ValueError(f"--extra {spec!r}: expected NAME=PATH.npz")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--extra {name}: no file {path}")
-    with np.load(path, allow_pickle=False) as f:
-        if "images" not in f.files:
-            raise ValueError(f"--extra {name}: {path} has no array 'images' (it has {f.files})")
-        images = f["images"]
+    arrays = jdata.read_npz(path, f"--extra {name}")  # no pickles: user files are data
+    if "images" not in arrays:
+        raise ValueError(f"--extra {name}: {path} has no array 'images' (it has {list(arrays)})")
+    images = arrays["images"]
     if images.dtype != np.uint8:
         raise ValueError(f"--extra {name}: images must be uint8 in [0, 255], got {images.dtype}")
     images = jdata.check_images(images, f"--extra {name}")
@@ -132,11 +135,20 @@ def _cached(path: Path, settings: dict, compute) -> dict[str, np.ndarray]:
     return out
 
 
-def pae_scores(run: Path, name: str, images, prof: Profile, log) -> dict[str, np.ndarray]:
-    restored = checkpoint.restore_params(run)
+def cache_settings(restored: checkpoint.Restored, images, **settings) -> dict:
+    """What a cached score file must match: the images (their sha256, shape and dtype), the
+    checkpoint (each stage's step and the weights' sha256) and the scoring settings."""
+    return {"images": pae_cli.images_key(images), "checkpoint": pae_cli.checkpoint_key(restored),
+            "kind": restored.spec["kind"], **settings}  # fmt: skip
+
+
+def pae_scores(restored: checkpoint.Restored, run: Path, name: str, images, prof: Profile,
+               log) -> dict[str, np.ndarray]:  # fmt: skip
+    """The PAE scores of `images` (set `name`) by the PAE `restored` from `run`, cached in
+    ``<run>/ood/<name>.npz`` (`cache_settings`): {score: [N]}, Laplace scores [laplace_n]."""
     scale = restored.config.data.scale
-    settings = {"step": restored.step, "n": len(images), "laplace_n": prof.laplace_n,
-                "map_steps": prof.map_steps, "kind": restored.spec["kind"]}  # fmt: skip
+    settings = cache_settings(restored, images, laplace_n=prof.laplace_n,
+                              map_steps=prof.map_steps)  # fmt: skip
 
     def compute():
         t0 = time.perf_counter()
@@ -151,9 +163,11 @@ def pae_scores(run: Path, name: str, images, prof: Profile, log) -> dict[str, np
     return _cached(run / "ood" / f"{name}.npz", settings, compute)
 
 
-def nll_scores(run: Path, name: str, images, log) -> dict[str, np.ndarray]:
-    restored = checkpoint.restore_params(run)
-    settings = {"step": restored.step, "n": len(images)}
+def nll_scores(restored: checkpoint.Restored, run: Path, name: str, images,
+               log) -> dict[str, np.ndarray]:  # fmt: skip
+    """{'log_prob': [N]} of `images` under the likelihood model `restored` from `run`, cached
+    like `pae_scores`."""
+    settings = cache_settings(restored, images)
 
     def compute():
         lp = evaluate.log_prob(restored.model, images, scale=restored.config.data.scale)
@@ -171,6 +185,61 @@ def fpr_ratio(inlier_outlierness, outlier_outlierness, fnr: float = 0.05) -> flo
     return tpr / fpr if fpr > 0 else float("inf")
 
 
+FIG5 = {"reconstruction": "(a) reconstruction", "latent_density": "(b) PAE density"}
+
+
+def figure5(rows: list[dict], path) -> Path:
+    """Figure 5: TPR/FPR at 5% FNR against K for scores (a) and (b), log scale.
+
+    One colour per outlier set; (a) solid with circles, (b) dashed with squares. A ratio that
+    is infinite (no inlier above the threshold) is left out of its line.
+
+    Args:
+      rows: `main`'s rows, or the "rows" of ``pae_ood_<profile>.json``: dicts with "score",
+        "k" and "ratio_at_5pct_fnr" ({outlier set: ratio}); other scores are ignored.
+      path: output PNG.
+
+    Returns:
+      The PNG's path.
+    """
+    series, styles, colours = {}, {}, {}
+    for r in rows:
+        if r.get("score") not in FIG5:
+            continue
+        for s, ratio in r["ratio_at_5pct_fnr"].items():
+            name = f"{FIG5[r['score']]}: {s}"
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(r["k"])
+            ys.append(ratio)
+            solid = r["score"] == "reconstruction"
+            colour = colours.setdefault(s, f"C{len(colours)}")
+            styles[name] = {"color": colour, "linestyle": "-" if solid else "--",
+                            "marker": "o" if solid else "s"}  # fmt: skip
+    if not series:
+        raise ValueError("figure5: no rows with score 'reconstruction' or 'latent_density'")
+    return plots.line_chart(
+        series, path, log_y=True, size=(760, 420), styles=styles, xlabel="latent dimension K",
+        ylabel="TPR / FPR at 5% FNR", title="Figure 5: F-MNIST vs outliers, TPR/FPR at 5% FNR",
+    )  # fmt: skip
+
+
+def roc_figure(curves: dict, path) -> Path:
+    """ROC curves, one panel per outlier set, against the Fashion-MNIST test set.
+
+    Args:
+      curves: ``{label: {outlier set: (inlier outlierness [n_in], outlier outlierness [n_out],
+        (auc, lo, hi))}}``, outlierness = minus a log-density (higher = more of an outlier).
+      path: output PNG.
+
+    Returns:
+      The PNG's path.
+    """
+    sets = list(next(iter(curves.values())))
+    panels = {f"Fashion-MNIST vs {s}": {label: c[s] for label, c in curves.items()} for s in sets}
+    return plots.roc_curves(panels, path, size=(1000, 450 * -(-len(sets) // 2)),
+                            title="ROC curves, AUROC [95% bootstrap interval]")  # fmt: skip
+
+
 def table(rows: list[dict], sets: list[str]) -> str:
     head = "| score | K | n | " + " | ".join(sets) + " |"
     lines = [head, "|---|---|---|" + "---|" * len(sets)]
@@ -183,8 +252,9 @@ def table(rows: list[dict], sets: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    p = pae_cli.parser(__doc__, "runs/pae", seed=False)
+def make_parser():
+    """The command line (`pae_cli.parser` and this script's flags)."""
+    p = pae_cli.parser(__doc__, "runs/pae", module="experiments.pae_ood", seed=False)
     p.add_argument("--ks", default=None, help="comma-separated latent dims (default 4,8,16,32,64)")
     p.add_argument(
         "--extra",
@@ -194,10 +264,20 @@ def main(argv=None) -> dict:
         help="another outlier set: an .npz with uint8 'images' [N, 28, 28(, 1)]",
     )
     p.add_argument("--no-baselines", action="store_true", help="PAE scores only")
-    p.add_argument("--no-train", action="store_true", help="use the runs as they are (finished)")
-    args = p.parse_args(argv)
+    p.add_argument("--laplace-n", type=int, default=None,
+                   help="images of every set scored by (c) and (d) (default: 100 with --cpu, "
+                   "10000 without)")  # fmt: skip
+    return p
+
+
+def main(argv=None) -> dict:
+    p = make_parser()
+    args = pae_cli.parse(p, argv)
+    if args.laplace_n is not None and args.laplace_n < 1:
+        p.error(f"--laplace-n must be at least 1, got {args.laplace_n}")
     prof = Profile(args.cpu)
     prof.ks = pae_cli.ks(args.ks, prof.ks)
+    prof.laplace_n = args.laplace_n or prof.laplace_n
     runs, out, log = pae_cli.start(args)
 
     try:
@@ -207,19 +287,19 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {e}")
     outliers = [s for s in sets if s != "fashion_mnist"]
 
-    # --- Train (or resume) every model; each run folder resumes on its own.
+    # --- Train (or resume) every model it owns; each run folder resumes on its own.
     trained = {f"k{k}": prof.pae(k) for k in prof.ks}
     if not args.no_baselines:
         trained.update(vae_k32=prof.vae(), vpae_t_diag_k10=prof.vpae())
-    for name, config in trained.items() if not args.no_train else ():
-        log(f"train {name}")
-        etrain.train_and_evaluate(config, runs / name, data_dir=args.data_dir, progress=False)
+    pae_cli.train(trained, runs, args, log)
 
     # --- Scores and AUROCs.
-    rows, fig = [], {}
+    rows, roc = [], {}
+    roc_picks = {("reconstruction", min(prof.ks)), ("latent_density", max(prof.ks))}
     for k in prof.ks:
         run = runs / f"k{k}"
-        scores = {s: pae_scores(run, s, images, prof, log) for s, images in sets.items()}
+        restored = pae_cli.restore(run)
+        scores = {s: pae_scores(restored, run, s, images, prof, log) for s, images in sets.items()}
         for score in PAE_SCORES:
             inl = -scores["fashion_mnist"][score]
             row = {"label": LABELS[score], "score": score, "k": k, "n": len(inl), "auroc": {},
@@ -232,28 +312,28 @@ def main(argv=None) -> dict:
                 conv = scores["fashion_mnist"]["map_converged"]
                 row["map_converged_fraction"] = float(np.mean(conv))
             rows.append(row)
-            if score in ("reconstruction", "latent_density"):
-                for s in outliers:
-                    fig.setdefault(f"{score} {s}", ([], []))
-                    fig[f"{score} {s}"][0].append(k)
-                    fig[f"{score} {s}"][1].append(row["ratio_at_5pct_fnr"][s])
+            if (score, k) in roc_picks:
+                roc[f"{FIG5[score]}, K={k}"] = {s: (inl, -scores[s][score], row["auroc"][s])
+                                                for s in outliers}  # fmt: skip
     if not args.no_baselines:
         for run_name, label, k in (("vae_k32", "VAE negative ELBO", 32),
                                    ("vpae_t_diag_k10", "VPAE t_diag K=10 NLL", 32)):  # fmt: skip
             run = runs / run_name
-            lp = {s: nll_scores(run, s, images, log)["log_prob"] for s, images in sets.items()}
+            restored = pae_cli.restore(run)
+            lp = {s: nll_scores(restored, run, s, images, log)["log_prob"]
+                  for s, images in sets.items()}  # fmt: skip
             row = {"label": label, "score": run_name, "k": k, "n": len(lp["fashion_mnist"]),
                    "auroc": {s: metrics.auroc_ci(-lp["fashion_mnist"], -lp[s], n_boot=prof.n_boot)
                              for s in outliers}}  # fmt: skip
             rows.append(row)
+            roc[label] = {s: (-lp["fashion_mnist"], -lp[s], row["auroc"][s]) for s in outliers}
 
     # --- Write.
     name = f"pae_ood_{prof.name}"
     md = [
         f"# PAE out-of-distribution detection ({prof.name} configuration)",
         "",
-        f"Command: `python -m experiments.pae_ood{' --cpu' if args.cpu else ''}`"
-        + "".join(f" --extra {e}" for e in args.extra),
+        f"Command: `{args.command}`",
         "",
         "AUROC [95% bootstrap interval], Fashion-MNIST test set (in-distribution) against each "
         f"outlier set; {prof.n_boot} bootstrap replicates. Scores (c) and (d) use the first "
@@ -265,7 +345,8 @@ def main(argv=None) -> dict:
         "",
         f"Figure 5: `{name}_fig5.png` (TPR/FPR at 5% FNR against K, log scale) and "
         f"`{name}_fig5_recon.png` (8 MNIST test images, then their reconstructions by the AE "
-        f"at K = {', '.join(map(str, prof.ks))}, one row each).",
+        f"at K = {', '.join(map(str, prof.ks))}, one row each). ROC curves: `{name}_roc.png` "
+        f"(per outlier set: (a) at K={min(prof.ks)}, (b) at K={max(prof.ks)} and the baselines).",
         "",
     ]
     (out / f"{name}.md").write_text("\n".join(md))
@@ -277,11 +358,12 @@ def main(argv=None) -> dict:
         restored = checkpoint.restore_params(runs / f"k{k}")
         fns = evaluate.functions(restored)
         recon_rows.append(np.asarray(fns.reconstruct(recon_rows[0])))
-    plots.image_grid(recon_rows, out / f"{name}_fig5_recon.png", scale=2)
-    if fig:
-        plots.line_chart(fig, out / f"{name}_fig5.png", log_y=True, xlabel="K",
-                         title="TPR/FPR at 5% FNR: reconstruction vs latent density",
-                         ylabel="TPR/FPR")  # fmt: skip
+    plots.image_grid(recon_rows, out / f"{name}_fig5_recon.png", scale=2,
+                     row_labels=["MNIST test"] + [f"AE, K={k}" for k in prof.ks],
+                     title="MNIST test images and their reconstructions by the Fashion-MNIST "
+                     "AEs")  # fmt: skip
+    figure5(rows, out / f"{name}_fig5.png")
+    roc_figure(roc, out / f"{name}_roc.png")
     log(f"wrote {out / name}.md")
     print("\n".join(md))
     return {"rows": rows}

@@ -1,8 +1,13 @@
 """The PAE paper's Table 1 (Boehm & Seljak 2020, Sec. 4.1): sample quality at K=32 on
 Fashion-MNIST for an AE, a VAE, a beta-VAE and the PAE.
 
-    python -m experiments.pae_table1 --cpu            # standard 10,000-image protocol
-    python -m experiments.pae_table1 --cpu --quick    # 1,000 images, marked as such
+    python -m experiments.pae_table1 --cpu --out experiments/results          # 10,000 images
+    python -m experiments.pae_table1 --cpu --quick --out experiments/results  # 1,000, marked
+
+These two write the committed ``experiments/results/pae_table1_cpu{,_quick}.*``; without --out,
+tables and PNGs go to ``runs/pae_results``. It resumes only runs it made with its own settings
+(`pae_cli.check_owned`: another run stops it, naming the differing fields); ``--no-train``
+uses the runs as they are.
 
 Rows, all with the infoGAN networks at K=32 (`experiments/configs/pae*.py`):
 - AE: the PAE's first stage alone, sampled by decoding codes drawn from N(0, I) (the paper's
@@ -29,10 +34,9 @@ import jax
 import numpy as np
 
 from experiments import pae_cli
-from experiments import train as etrain
 from experiments.configs import pae as pae_config
 from experiments.configs import pae_vae
-from jaxae import checkpoint, evaluate, inception, metrics, parallel, plots
+from jaxae import evaluate, inception, metrics, parallel, plots
 
 PAPER = {  # Table 1: sample FID, reconstruction FID, mean reconstruction error
     "AE": (102.9, 31.5, 0.077),
@@ -63,18 +67,21 @@ ROWS = (  # row -> (run folder, stage, sampler)
 )
 
 
-def main(argv=None) -> dict:
-    p = pae_cli.parser(__doc__, "runs/pae")
+def make_parser():
+    """The command line (`pae_cli.parser` and --quick)."""
+    p = pae_cli.parser(__doc__, "runs/pae", module="experiments.pae_table1")
     p.add_argument("--quick", action="store_true", help="1,000 images instead of 10,000")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = pae_cli.parse(make_parser(), argv)
     n = evaluate.QUICK_COUNT if args.quick else evaluate.STANDARD_COUNT
     runs, out, log = pae_cli.start(args)
     cache = runs / "table1"
     cache.mkdir(parents=True, exist_ok=True)
 
-    for name, config in configs(args.cpu).items():
-        log(f"train {name}")
-        etrain.train_and_evaluate(config, runs / name, data_dir=args.data_dir, progress=False)
+    pae_cli.train(configs(args.cpu), runs, args, log)  # only runs it owns (pae_cli.check_owned)
 
     mesh = parallel.data_mesh()
     test = evaluate.reference_images("fashion_mnist", "test", n, data_dir=args.data_dir)
@@ -95,7 +102,7 @@ def main(argv=None) -> dict:
 
     rows, grids = {}, []
     for row, run, stage, sampler in ROWS:
-        restored = checkpoint.restore_params(runs / run, stage=stage)
+        restored = pae_cli.restore(runs / run, stage=stage)
         fns = evaluate.functions(restored)
         recon = evaluate._batched(fns.reconstruct, x, mesh=mesh)
         key = jax.random.PRNGKey(args.seed)
@@ -118,13 +125,12 @@ def main(argv=None) -> dict:
     grids.append(recon[:10])
 
     tag = ("cpu" if args.cpu else "paper") + ("_quick" if args.quick else "")
-    cmd = f"python -m experiments.pae_table1{' --cpu' if args.cpu else ''}" + (
-        " --quick" if args.quick else ""
-    )
     lines = [
         f"# PAE Table 1: sample quality at K=32 on Fashion-MNIST ({tag})",
         "",
-        f"Command: `{cmd}`. Protocol: {metrics.protocol_note(n, n, args.quick)}",
+        f"Command: `{args.command}`",
+        "",
+        f"Protocol: {metrics.protocol_note(n, n, args.quick)}",
         "",
         "| model | sample FID | paper | reconstruction FID | paper | MAE | paper | MSE | RMSE |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -139,7 +145,11 @@ def main(argv=None) -> dict:
               f"and PAE): `pae_table1_{tag}.png`.", ""]  # fmt: skip
     (out / f"pae_table1_{tag}.md").write_text("\n".join(lines))
     (out / f"pae_table1_{tag}.json").write_text(json.dumps(rows, indent=1))
-    plots.image_grid(grids, out / f"pae_table1_{tag}.png")
+    plots.image_grid(grids, out / f"pae_table1_{tag}.png",
+                     row_labels=[f"{r}, {'N(0, I)' if s == 'prior' else s} samples"
+                                 for r, _, _, s in ROWS]
+                     + ["AE = PAE\ntest reconstructions"],
+                     title="K=32 on Fashion-MNIST: samples per model")  # fmt: skip
     print("\n".join(lines))
     return rows
 

@@ -8,7 +8,8 @@
 (`jaxae.config`); ``--config.<section>.<field>=value`` overrides any field. Running it again in
 the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
 ``<workdir>/metrics.jsonl``, ``checkpoints/`` (orbax), ``summary.json`` (test metrics) and
-``reconstructions.png`` (test images above their reconstructions). A config with
+``reconstructions.png`` (test images above their reconstructions), then ``curves.png`` (the
+training curves of every stage, `jaxae.plots.training_curves`). A config with
 ``flow.epochs > 0`` then fits the PAE's latent flow to the codes (`jaxae.pae.fit_flow`, in
 ``<workdir>/stage2``, resumable too), adds its summary under ``flow`` and draws
 ``stage2/samples.png`` (Eq. 6) and ``stage2/interpolations.png`` (between test images).
@@ -17,6 +18,7 @@ the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,8 +51,24 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     eval_pre = jdata.Preprocess(scale=dc.scale)
     held_out = ds.val if ds.val is not None else ds.test
 
+    # --- Stages: a later stage of this run (the PAE's flow, <workdir>/stage2) was fitted on one
+    # checkpoint of this training; training past it would leave that stage on a model that no
+    # longer exists, so refuse before training (and if the stages already disagree).
+    checkpoint.check_stages(workdir)
+    fitted_on = checkpoint.depended_steps(workdir)
+    target = train.total_steps(tc, len(ds.train.images))
+    if fitted_on and target > max(fitted_on):
+        later = checkpoint.stage_dirs(workdir)[1]
+        raise checkpoint.StageMismatchError(
+            f"{workdir}: refusing to train it to step {target}: its later stage {later} (e.g. "
+            f"the PAE's latent flow) was fitted on its step {max(fitted_on)} and would no longer "
+            f"match it. Use a new --workdir, or delete {later} deliberately to fit it again."
+        )
+
     # --- Model, objective, update.
-    spec = {**config.model.to_dict(), "image_shape": list(ds.train.images.shape[1:])}
+    # The model, and so its checkpoints, carry the pixel scale (`models.Model.scale`).
+    spec = {**config.model.to_dict(), "image_shape": list(ds.train.images.shape[1:]),
+            "scale": dc.scale}  # fmt: skip
     model = models.build({**spec, "seed": tc.seed}, force=False)
     graphdef, params, model_state = objectives.split(model, train=True)
     eval_graphdef = objectives.split(model, train=False)[0]
@@ -93,7 +111,8 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     x = eval_pre(jnp.asarray(ds.test.images[:16]))
     recon = np.clip(trained.point(trained.decode(trained.encode(x)), jax.random.PRNGKey(0))[0]
                     + offset, 0, 1)  # fmt: skip
-    png = plots.image_grid([x + offset, recon], workdir / "reconstructions.png")
+    png = plots.image_grid([x + offset, recon], workdir / "reconstructions.png",
+                           row_labels=["test images", "reconstructions"])  # fmt: skip
     history = result.history
     summary = {
         "model": model.spec,
@@ -115,6 +134,7 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         fitted = checkpoint.restore_params(workdir).model
         pngs = pae.write_figures(fitted, ds.test.images[:16], workdir / "stage2", scale=dc.scale)
         summary["flow"]["figures"] = [str(p.relative_to(workdir)) for p in pngs]
+    summary["curves"] = plots.training_curves(workdir).name  # every stage's metrics.jsonl
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -124,6 +144,32 @@ flags.DEFINE_string("workdir", None, "run folder (resumed if it holds checkpoint
 flags.DEFINE_string("data_dir", None, "folder with the dataset files (else the usual places)")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def unknown_override(argv) -> str | None:
+    """The first ``--config.<field>`` override of `argv` naming a field the configs lack (every
+    config has `jaxae.config.default()`'s fields: `validate` refuses others), or None."""
+    known = {*jconfig.flatten(jconfig.default()), *jconfig.default()}
+    for arg in argv:
+        m = re.match(r"--?(?:no)?config\.([^=]+)", arg)
+        if m and m.group(1) not in known:
+            return m.group(1)
+    return None
+
+
+def parse_flags(argv):
+    """`app.run`'s flag parsing, with a misspelt config override (``--config.trainig.epochs=1``)
+    reported in one line naming the closest field, and exit status 2 (a usage error)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError):
+        # ml_collections raises these from its override parsing (`config_flags`' _ConfigFlag
+        # parse) for a field the config lacks, as a 55-line traceback.
+        field = unknown_override(argv)
+        if field is None:
+            raise
+        print(f"error: {jconfig.unknown_field(field)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv):
@@ -143,4 +189,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=parse_flags)

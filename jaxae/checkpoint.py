@@ -11,6 +11,13 @@ A checkpoint whose tree or shapes differ from what is asked for (the network was
 optimizer changed) is not corrupt: `ModelMismatchError` names the first differing leaf and both
 shapes, and nothing is renamed. Only an unreadable step is set aside.
 
+A run may have later stages fitted on its model (the PAE's latent flow in ``<run>/stage2``,
+`jaxae.pae.fit_flow`). Each checkpoint of a later stage records in its meta which checkpoint of
+the stage before it was read (``meta['stage']['fitted_on']``: step and `Checkpointer.fingerprint`,
+`stage_record`). Restoring the whole run checks that this is still that stage's newest
+checkpoint (`StageMismatchError` if not), and training the first stage again keeps that step
+whatever ``keep`` says (`depended_steps`).
+
 Atomicity (checked in orbax-checkpoint 0.12.8, local filesystem): a save writes into
 `<step>.orbax-checkpoint-tmp`, adds `commit_success.txt` and renames the folder to `<step>` (one
 POSIX `rename`). Only integer names count as steps, so a save killed at any moment leaves older
@@ -21,6 +28,8 @@ newest step may come back incomplete, and `restore_or_init` skips it. Orbax keep
 array data (a garbled block restores silently as other numbers), hence our per-leaf fingerprint.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -46,6 +55,13 @@ class CheckpointError(RuntimeError):
 
 class ModelMismatchError(CheckpointError):
     """A readable checkpoint holds a different tree or shapes than the model asked for."""
+
+
+class StageMismatchError(CheckpointError):
+    """A run's stages disagree: a later stage (the PAE's latent flow, ``<run>/stage2``) was
+    fitted on a checkpoint of the stage before it that is no longer that stage's newest (it was
+    trained further, or trained again). The message names the run, both stages and both steps.
+    Restore ``stage=1`` for the first stage alone, or fit the later stage again."""
 
 
 MODEL_KEYS = ("params", "model_state")  # the `model` item; the rest of the state is `train`
@@ -107,32 +123,48 @@ class Checkpointer:
       keep: number of most recent checkpoints kept.
       async_save: write in a background thread; `save` returns once the arrays are copied off
         the device (they may then be donated). `wait()` before reading a checkpoint elsewhere.
+      preserve: steps never deleted, whatever `keep` says: those a later stage of the run was
+        fitted on (`depended_steps`).
+      read_only: only read (another stage's checkpoints, while that stage may be training):
+        nothing is saved, deleted, created or cleaned up.
     """
 
-    def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True,
+                 preserve=(), read_only: bool = False):  # fmt: skip
         for name, value in (("save_every", save_every), ("keep", keep)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        preserve = sorted({int(x) for x in preserve})
         self.directory = os.path.abspath(os.fspath(directory))
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
         self.save_every = save_every
+        policy = ocp.checkpoint_managers.LatestN(keep)
+        if preserve:  # a step is kept if either policy keeps it
+            policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+                [policy, ocp.checkpoint_managers.CustomSteps(preserve)]
+            )
+        # read_only: orbax's own option logs a warning per manager; since orbax deletes steps
+        # only when saving and `save` refuses, not creating the folder is all that is left.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-            enable_async_checkpointing=async_save,
+            preservation_policy=policy,
+            enable_async_checkpointing=async_save and not read_only,
             cleanup_tmp_directories=False,  # done below, before the manager starts
+            create=not read_only,
         )
+        self.read_only = read_only
         handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "train", "state")}
         handlers |= {name: ocp.JsonCheckpointHandler() for name in ("meta", "checksum")}
         # Orbax's own clean-up of a killed save's temporary folders runs in a thread that only
         # `save` waits for: two managers opened in turn could delete the same files at once.
-        if jax.process_index() == 0 and os.path.isdir(self.directory):
+        if jax.process_index() == 0 and os.path.isdir(self.directory) and not read_only:
             for name in os.listdir(self.directory):
                 if ".orbax-checkpoint-tmp" in name:
                     shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def path(self, step: int) -> str:
+        """The folder of checkpoint `step`: ``<directory>/<step>``."""
         return os.path.join(self.directory, str(step))
 
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
@@ -142,6 +174,8 @@ class Checkpointer:
         are skipped, so a forced final save of a step just saved periodically is a no-op. This
         rule replaces orbax's, which would also save the first step whatever its number.
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read_only: nothing is saved")
         step, latest = int(step), self.latest_step()
         if not (force or step % self.save_every == 0) or (latest is not None and step <= latest):
             return False
@@ -159,9 +193,11 @@ class Checkpointer:
         return self._mngr.save(step, args=args, force=True)
 
     def latest_step(self) -> int | None:
+        """The newest saved step, or None when there is none."""
         return self._mngr.latest_step()
 
     def all_steps(self) -> list[int]:
+        """Every saved step, oldest first."""
         return sorted(self._mngr.all_steps())
 
     def read_meta(self, step: int) -> dict:
@@ -176,6 +212,21 @@ class Checkpointer:
             why = f"cannot read the meta of step {step} ({self.path(step)}): {e}"
             raise CheckpointError(why) from e
         return meta
+
+    def fingerprint(self, step: int) -> str:
+        """A short hex digest of the model item of `step` (16 characters), from the checksum
+        saved with it: reads no array. Two checkpoints with the same fingerprint hold the same
+        weights (up to the per-leaf checksum's collisions); another training gives another."""
+        self.wait()
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(checksum=ocp.args.JsonRestore()))
+            checksum = out["checksum"]
+        except Exception as e:
+            why = f"cannot read the checksum of step {step} ({self.path(step)}): {e}"
+            raise CheckpointError(why) from e
+        # an earlier release's single `state` item: its list covers the whole train state
+        model = checksum.get("model") if isinstance(checksum, dict) else checksum
+        return hashlib.sha256(json.dumps(model).encode()).hexdigest()[:16]
 
     def is_legacy(self, step: int) -> bool:
         """Whether `step` was written by an earlier release (one `state` item)."""
@@ -339,6 +390,7 @@ class Checkpointer:
         self._mngr.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for pending saves and release orbax's manager."""
         self._mngr.close()
 
     def __enter__(self):
@@ -354,8 +406,11 @@ class Restored(NamedTuple):
     model: Any  # the `jaxae.models.Model` with the checkpoint's weights (and model state)
     spec: dict  # its description (`models.build`)
     config: Any  # the run's `jaxae.config` ConfigDict
-    step: int
+    step: int  # the restored stage's step
     meta: dict  # the checkpoint's metadata (config, model, data: num_examples, files, ...)
+    # the step of each stage up to the restored one, e.g. (300, 3210): the PAE's autoencoder and
+    # its flow; None where a stage fitted by an earlier release recorded nothing
+    stage_steps: tuple = ()
 
 
 def stage_dirs(run_dir) -> list[Path]:
@@ -366,11 +421,130 @@ def stage_dirs(run_dir) -> list[Path]:
     return [run_dir] + [p for p in later if (p / "checkpoints").is_dir()]
 
 
+def stage_record(stage_dir, step: int, *, stage: int, name: str) -> dict:
+    """What a later stage saves in every checkpoint's meta, as ``meta['stage']['fitted_on']``,
+    about the checkpoint it was fitted on: step `step` of stage `stage` (whose folder
+    `stage_dir` holds ``checkpoints/``), called `name` in messages ('autoencoder').
+
+    Returns:
+      ``{'stage': int, 'name': str, 'step': int, 'fingerprint': str}`` (`Checkpointer.fingerprint`).
+    """
+    with Checkpointer(Path(stage_dir) / "checkpoints", save_every=1, read_only=True) as ckpt:
+        fingerprint = ckpt.fingerprint(step)
+    return {"stage": int(stage), "name": name, "step": int(step), "fingerprint": fingerprint}
+
+
+def _fitted_on(stage_dir: Path, meta: dict) -> tuple[str | None, dict | None]:
+    """(the later stage's name, its `stage_record`) from one of its checkpoints' meta."""
+    info = meta.get("stage") or {}
+    if info.get("fitted_on") is not None:
+        return info.get("name"), info["fitted_on"]
+    # Fitted by an earlier release, which recorded the autoencoder's step in the flow stage's
+    # summary only (`jaxae.pae.fit_flow`): check that step, without a fingerprint.
+    try:
+        summary = json.loads((stage_dir / "summary.json").read_text())
+        step = int(summary["autoencoder_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    return "latent flow", {"stage": 1, "name": "autoencoder", "step": step}
+
+
+def _check_fitted_on(run_dir, stages: list[Path], index: int, step: int, meta: dict):
+    """``(earlier step, its meta)``: the checkpoint of stage ``index - 1`` that step `step` of
+    stage `index` (1-based, >= 2; `meta` its meta) was fitted on, which must be that stage's
+    newest; `StageMismatchError` if it is not. ``(None, None)`` if nothing was recorded."""
+    later, earlier = stages[index - 1], stages[index - 2]
+    later_name, rec = _fitted_on(later, meta)
+    if rec is None:
+        return None, None
+    later_name = later_name or f"stage-{index} model"
+    name, fitted = rec.get("name") or f"stage-{index - 1} model", int(rec["step"])
+    newest, why, earlier_meta = None, None, None
+    if (earlier / "checkpoints").is_dir():
+        with Checkpointer(earlier / "checkpoints", save_every=1, read_only=True) as ckpt:
+            newest = ckpt.latest_step()
+            if newest == fitted and rec.get("fingerprint"):
+                try:
+                    if ckpt.fingerprint(newest) != rec["fingerprint"]:
+                        why = (f"the {name}'s checkpoint of step {newest} holds other weights "
+                               "than when it was fitted (it was trained again)")  # fmt: skip
+                except CheckpointError as e:
+                    why = f"the {name}'s checkpoint of step {newest} cannot be read ({e})"
+            if newest == fitted and why is None and index > 2:
+                earlier_meta = ckpt.read_meta(newest)
+    if newest is None:
+        why = f"the {name} has no checkpoint left"
+    elif newest != fitted:
+        how = "trained further after" if newest > fitted else f"step {fitted} deleted since"
+        why = f"the {name}'s newest checkpoint is step {newest} ({how} the {later_name} was fitted)"
+    if why is not None:
+        raise StageMismatchError(
+            f"{run_dir}: its {later_name} ({later.name}, step {step}) was fitted on the {name} "
+            f"at step {fitted}, but {why}. Restore stage={index - 1} for the {name} alone, or fit "
+            f"the {later_name} again in a new run folder (or after deleting {later} deliberately)."
+        )
+    return fitted, earlier_meta
+
+
+def _stage_steps(run_dir, stages: list[Path], index: int, step: int, meta: dict) -> tuple:
+    """(step of stage 1, ..., `step` of stage `index`), each later stage checked against the
+    stage before it (`_check_fitted_on`)."""
+    steps = [step]
+    for i in range(index, 1, -1):
+        fitted, meta = _check_fitted_on(run_dir, stages, i, steps[0], meta)
+        if fitted is None:
+            return (None,) * (i - 1) + tuple(steps)
+        steps.insert(0, fitted)
+    return tuple(steps)
+
+
+def check_stages(run_dir) -> tuple:
+    """Checks that each later stage's newest checkpoint was fitted on the newest checkpoint of
+    the stage before it; returns those steps, e.g. (300, 3210) (None: not recorded).
+
+    Raises:
+      StageMismatchError: naming the run, both stages and both steps.
+    """
+    stages = stage_dirs(run_dir)
+    for index in range(len(stages), 1, -1):  # the last stage with a checkpoint checks them all
+        with Checkpointer(stages[index - 1] / "checkpoints", save_every=1, read_only=True) as ckpt:
+            step = ckpt.latest_step()
+            if step is not None:
+                return _stage_steps(run_dir, stages, index, step, ckpt.read_meta(step))
+    if not (Path(run_dir) / "checkpoints").is_dir():  # a new run: nothing to check or create
+        return (None,)
+    with Checkpointer(Path(run_dir) / "checkpoints", save_every=1, read_only=True) as ckpt:
+        return (ckpt.latest_step(),)
+
+
+def depended_steps(run_dir) -> list[int]:
+    """The steps of ``<run>/checkpoints`` that a later stage (``<run>/stage2``...) was fitted
+    on, over all its checkpoints: training the first stage again must keep them (`Checkpointer`'s
+    `preserve`) and must not train past them (``experiments/train.py``)."""
+    steps = set()
+    for later in stage_dirs(run_dir)[1:]:
+        with Checkpointer(later / "checkpoints", save_every=1, read_only=True) as ckpt:
+            metas = []
+            for step in ckpt.all_steps():
+                try:
+                    metas.append(ckpt.read_meta(step))
+                except CheckpointError:
+                    continue  # an unreadable step depends on nothing
+        for meta in metas or [{}]:
+            rec = _fitted_on(later, meta)[1]
+            if rec is not None and rec.get("stage", 1) == 1:
+                steps.add(int(rec["step"]))
+    return sorted(steps)
+
+
 def restore_params(run_dir, step: int | None = None, *, stage: int | None = None) -> Restored:
     """The model of a run folder (``<run>/checkpoints``) at its newest readable step.
 
     A run with later stages (`stage_dirs`) gives the last stage's model (the PAE: the
     autoencoder with its fitted flow); ``stage=1`` the first stage's (the autoencoder alone).
+    A later stage is restored only while the stage before it still has, as its newest
+    checkpoint, the one it was fitted on (`StageMismatchError` otherwise): a PAE whose
+    autoencoder was trained further is not one model any more.
 
     Reads only the parameters and model state, so how the run was trained (optimizer,
     schedule, parameter groups) does not matter. A step that cannot be read is skipped with a
@@ -394,7 +568,8 @@ def restore_params(run_dir, step: int | None = None, *, stage: int | None = None
             ),
             1,
         )
-    ckpt_dir = stages[(stage or 1) - 1] / "checkpoints"
+    index = stage or 1
+    ckpt_dir = stages[index - 1] / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} does not exist: is {run_dir} a training run folder?")
     with Checkpointer(ckpt_dir, save_every=1) as ckpt:
@@ -408,11 +583,13 @@ def restore_params(run_dir, step: int | None = None, *, stage: int | None = None
                 if "model" not in meta:
                     raise CheckpointError(f"step {s} has no model description in its meta")
                 config = jconfig.from_dict(meta["config"])
-                model = models.build(meta["model"])
+                stage_steps = _stage_steps(run_dir, stages, index, s, meta)
+                # descriptions saved before models knew their pixel scale: the run's
+                model = models.build({"scale": config.data.scale, **meta["model"]})
                 graphdef, params, state = nnx.split(model, nnx.Param, ...)
                 template = jax.tree.map(jnp.asarray, {"params": params, "model_state": state})
                 item, _ = ckpt.restore_model(s, template)
-            except ModelMismatchError:
+            except (ModelMismatchError, StageMismatchError):
                 raise
             except (CheckpointError, KeyError, ValueError) as e:
                 errors.append(f"step {s}: {e}")
@@ -427,5 +604,5 @@ def restore_params(run_dir, step: int | None = None, *, stage: int | None = None
             item = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), item)
             model = nnx.merge(graphdef, item["params"], item["model_state"])
             model.eval()
-            return Restored(model, dict(meta["model"]), config, s, meta)
+            return Restored(model, dict(meta["model"]), config, s, meta, stage_steps)
     raise CheckpointError(f"no checkpoint of {run_dir} could be restored: " + "; ".join(errors))

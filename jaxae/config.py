@@ -10,6 +10,7 @@ resuming compares every field but the budget and loop settings in `RESUMABLE`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -111,6 +112,15 @@ def flatten(config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, fields in d.items() for k, v in fields.items()}
 
 
+def unknown_field(field: str) -> str:
+    """One line for a misspelt config field ('trainig.epochs'), naming the closest valid field
+    or section (`difflib.get_close_matches` over `flatten(default())`)."""
+    known = [*flatten(default()), *default()]
+    close = difflib.get_close_matches(field, known, n=1)
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    return f"unknown config field {field!r}{hint} (all fields: jaxae.config.default())"
+
+
 def validate(config) -> ml_collections.ConfigDict:
     """The config itself, or a ValueError naming the first field out of range."""
     flat = flatten(config)
@@ -122,7 +132,7 @@ def validate(config) -> ml_collections.ConfigDict:
     def bad(field, why):
         raise ValueError(f"config {field}={flat[field]!r}: {why}")
 
-    from jaxae import models  # models imports nothing of this module
+    from jaxae import models  # here: models imports this module (SCALES)
 
     for field, choices in (
         ("data.scale", SCALES),

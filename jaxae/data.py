@@ -61,6 +61,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class Split(NamedTuple):
+    """One split of a data set: `images` [N, H, W, C], `labels` [N] and the `files` read."""
+
     images: np.ndarray  # [N, H, W, C] uint8 (float32 in [0, 1] only for user data)
     labels: np.ndarray  # [N] int32
     # Where the arrays came from, so that a run can record it: the absolute paths of the files
@@ -69,6 +71,8 @@ class Split(NamedTuple):
 
 
 class Dataset(NamedTuple):
+    """A named data set: its `train`, `val` (None when val_size == 0) and `test` splits."""
+
     name: str
     train: Split
     val: Split | None  # None when val_size == 0
@@ -85,26 +89,66 @@ class Dataset(NamedTuple):
 # Validation
 
 
-def check_images(images, name: str = "images") -> np.ndarray:
+def check_image_shape(images, shape, name: str = "images") -> np.ndarray:
+    """Checks that an array is a batch of images of one model's shape, saying how to fix it.
+
+    The values are not looked at (see `check_images`).
+
+    Args:
+      images: [B, H, W, C] array, or [B, H, W] when C is 1.
+      shape: (H, W, C), the images a model takes (`Model.image_shape`).
+      name: what the images are, used in error messages.
+
+    Returns:
+      the array as [B, H, W, C].
+
+    Raises:
+      ValueError: another shape: one image without its batch axis ("pass images[None]"),
+        channels-first [B, C, H, W] (with the transpose to use), or else naming both shapes.
+    """
+    x, shape = np.asarray(images), tuple(int(d) for d in shape)
+    h, w, c = shape
+    if x.shape[1:] == shape or (c == 1 and x.ndim == 3 and x.shape[1:] == (h, w)):
+        return x if x.ndim == 4 else x[..., None]
+    want = f"[B, H, W, C] = [B, {h}, {w}, {c}]"
+    fix = None
+    if x.shape == shape or (c == 1 and x.shape == (h, w)):
+        add = "images[None]" if x.ndim == 3 else "images[None, ..., None]"
+        fix = f"the batch axis is missing: pass {add} for this one image"
+    elif x.ndim == 4 and x.shape[1:] == (c, h, w):
+        fix = ("channels-first [B, C, H, W] input; jaxae takes channels-last [B, H, W, C]: pass "
+               "images.transpose(0, 2, 3, 1)")  # fmt: skip
+    elif x.shape == (c, h, w):
+        fix = ("one channels-first [C, H, W] image; jaxae takes channels-last batches "
+               "[B, H, W, C]: pass images.transpose(1, 2, 0)[None]")  # fmt: skip
+    message = f"{name}: an array of shape {list(x.shape)}, but the model takes {want}"
+    raise ValueError(message if fix is None else f"{message}: {fix}")
+
+
+def check_images(images, name: str = "images", shape=None) -> np.ndarray:
     """Validates an image array and brings it to NHWC.
 
     Args:
       images: [N, H, W] or [N, H, W, C] array; uint8, floating with values in [0, 1], or another
         integer type with values in [0, 255].
       name: what the images are, used in error messages.
+      shape: (H, W, C), the shape a model takes (`Model.image_shape`), checked first by
+        `check_image_shape`; None: any.
 
     Returns:
       [N, H, W, C] array: uint8 for integer input, float32 for floating input.
 
     Raises:
       TypeError: for bool, complex, string, object or other non-numeric dtypes.
-      ValueError: wrong rank, empty data set, NaN/inf pixels or pixels out of range.
+      ValueError: wrong rank or shape, empty data set, NaN/inf pixels or pixels out of range.
     """
     x = np.asarray(images)
     if x.dtype.kind not in "uif":
         raise TypeError(
             f"{name}: unsupported dtype {x.dtype}; use uint8 in [0, 255] or floating in [0, 1]"
         )
+    if shape is not None:
+        x = check_image_shape(x, shape, name)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -223,6 +267,57 @@ def read_omniglot_zip(path) -> tuple[np.ndarray, np.ndarray]:
     chars = [tuple(n.split("/")[-3:-1]) for n in names]
     _, labels = np.unique(np.array(chars), axis=0, return_inverse=True)
     return np.stack(images), labels.reshape(-1).astype(np.int32)
+
+
+_PICKLE_REFUSED = (
+    "such files are refused: user files are data, never code (reading a pickle can run any "
+    "code). Save plain numeric arrays instead, e.g. np.savez(path, images=uint8_array)"
+)
+
+
+def read_npz(path, what: str) -> dict[str, np.ndarray]:
+    """The arrays of a user's ``.npz`` file, read without pickle (``allow_pickle=False``).
+
+    Args:
+      path: the file.
+      what: what the file is for, named in error messages (e.g. ``'--extra kmnist'``).
+
+    Returns:
+      ``{name: array}``, every array read into memory.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not an .npz archive (a lone .npy array, a pickle, a damaged file), or one
+        holding object arrays (pickled Python objects): each names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file {path}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK"):  # every .npz is a zip archive
+        kind = ("it holds one NumPy array, .npy" if head.startswith(b"\x93NUMPY") else
+                "it is a Python pickle" if head[:1] == b"\x80" else "not a zip file")  # fmt: skip
+        why = f"{what}: {path} is not an .npz archive ({kind})"
+        if head[:1] == b"\x80":
+            raise ValueError(f"{why}; {_PICKLE_REFUSED}")
+        raise ValueError(f"{why}; write it with np.savez")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            out = {}
+            for name in npz.files:
+                try:
+                    out[name] = npz[name]
+                except ValueError as e:  # numpy refuses object arrays without allow_pickle
+                    if "pickle" not in str(e):
+                        raise ValueError(f"{what}: {path}: array {name!r}: {e}") from e
+                    raise ValueError(
+                        f"{what}: {path} holds an object array {name!r} (pickled Python "
+                        f"objects); {_PICKLE_REFUSED}"
+                    ) from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{what}: {path} cannot be read as an .npz archive: {e}") from e
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -432,6 +432,7 @@ class MultivariateStudentT(_VectorLocScale, distrax.Distribution):
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
+        """The broadcast batch shape of df, loc and the scale factor."""
         return tuple(
             jnp.broadcast_shapes(self._df.shape, self._loc.shape[:-1], self._scale.batch_shape)
         )
@@ -467,9 +468,11 @@ class MultivariateStudentT(_VectorLocScale, distrax.Distribution):
         return _where_defined(self.df[..., None] > 1, self.loc, jnp.nan)
 
     def mode(self) -> Array:
+        """loc (the t density peaks at its location for every df); [*batch, d]."""
         return self.loc
 
     def median(self) -> Array:
+        """loc (the distribution is symmetric about it); [*batch, d]."""
         return self.loc
 
     def variance(self) -> Array:
@@ -512,9 +515,11 @@ class MultivariateNormal(_VectorLocScale, distrax.Distribution):
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
+        """The broadcast batch shape of loc and the scale factor."""
         return tuple(jnp.broadcast_shapes(self._loc.shape[:-1], self._scale.batch_shape))
 
     def log_prob(self, value: Array) -> Array:
+        """log p(value): [..., d] -> [..., *batch] (broadcasting)."""
         d = self.event_shape[0]
         maha = jnp.sum(jnp.square(self.whiten(value)), axis=-1)
         return -0.5 * d * math.log(2 * math.pi) - self._scale.log_abs_det(self.dtype) - 0.5 * maha
@@ -524,12 +529,15 @@ class MultivariateNormal(_VectorLocScale, distrax.Distribution):
         return self._loc + self._scale.matvec(z)
 
     def mean(self) -> Array:
+        """loc; [*batch, d]."""
         return self.loc
 
     def mode(self) -> Array:
+        """loc; [*batch, d]."""
         return self.loc
 
     def variance(self) -> Array:
+        """Marginal variances diag(L L^T); [*batch, d]."""
         var = self._scale.diag_of_cov(self.event_shape[0], self.dtype)
         return jnp.broadcast_to(var, self.batch_shape + self.event_shape)
 
@@ -677,13 +685,14 @@ class MatrixNormal(_MatrixDistribution):
     ):
         """Builds the distribution (inside or outside `jit`).
 
+        A factor left as None is the identity.
+
         Args:
           loc: mean M, [*b_M, n, p].
           scale_row_tril: lower-triangular A, [*b_A, n, n], positive diagonal; or None.
           scale_column_tril: lower-triangular B, [*b_B, p, p], positive diagonal; or None.
           scale_row_diag: diagonal of a diagonal A, [*b_A, n]; excludes `scale_row_tril`.
           scale_column_diag: diagonal of a diagonal B, [*b_B, p]; excludes `scale_column_tril`.
-          A factor left as None is the identity.
         """
         super().__init__(
             None,
@@ -705,6 +714,7 @@ class MatrixNormal(_MatrixDistribution):
         return self._loc + self._colour(z)
 
     def mean(self) -> Array:
+        """M; [*batch, n, p]."""
         return self.loc
 
     def variance(self) -> Array:
@@ -753,6 +763,8 @@ class MatrixStudentT(_MatrixT):
     ):
         """Builds the distribution (inside or outside `jit`).
 
+        A factor left as None is the identity.
+
         Args:
           df: degrees of freedom, [*b_df], positive.
           loc: location M, [*b_M, n, p].
@@ -760,7 +772,6 @@ class MatrixStudentT(_MatrixT):
           scale_column_tril: lower-triangular B, [*b_B, p, p], positive diagonal; or None.
           scale_row_diag: diagonal of a diagonal A, [*b_A, n]; excludes `scale_row_tril`.
           scale_column_diag: diagonal of a diagonal B, [*b_B, p]; excludes `scale_column_tril`.
-          A factor left as None is the identity.
         """
         super().__init__(
             df,
@@ -843,6 +854,8 @@ class MatrixVariateT(_MatrixT):
     ):
         """Builds the distribution (inside or outside `jit`).
 
+        A factor left as None is the identity.
+
         Args:
           df: degrees of freedom nu, [*b_df], positive.
           loc: location M, [*b_M, n, p].
@@ -850,7 +863,6 @@ class MatrixVariateT(_MatrixT):
           scale_column_tril: lower-triangular B (Omega = B B^T), [*b_B, p, p], positive diagonal.
           scale_row_diag: diagonal of a diagonal A, [*b_A, n]; excludes `scale_row_tril`.
           scale_column_diag: diagonal of a diagonal B, [*b_B, p]; excludes `scale_column_tril`.
-          A factor left as None is the identity.
         """
         super().__init__(
             df,
@@ -919,13 +931,16 @@ class SquaredError(distrax.Distribution):
 
     @property
     def event_shape(self) -> tuple:
+        """(D,): one image, flattened."""
         return self._loc.shape[-1:]
 
     @property
     def batch_shape(self) -> tuple:
+        """The leading shape of loc, e.g. (B,)."""
         return self._loc.shape[:-1]
 
     def log_prob(self, value):
+        """Minus the per-pixel mean squared error: value [..., D] -> [..., *batch]."""
         return -jnp.mean(jnp.square(self._loc - value), axis=-1)
 
     def _sample_n(self, key, n):
@@ -933,10 +948,13 @@ class SquaredError(distrax.Distribution):
         return jnp.broadcast_to(self._loc, (n, *self._loc.shape))
 
     def mean(self):
+        """loc, the point reconstruction; [*batch, D]."""
         return self._loc
 
     def mode(self):
+        """loc, the point reconstruction; [*batch, D]."""
         return self._loc
 
     def variance(self):
+        """NaN everywhere: a squared error has no variance; [*batch, D]."""
         return jnp.full_like(self._loc, jnp.nan)

@@ -119,7 +119,8 @@ def reference_features(
 
 
 def distribution_metrics(feats: np.ndarray, ref: np.ndarray, *, quick: bool) -> dict:
-    """FID, KID (mean, std) and k-NN precision/recall of features against reference features."""
+    """FID, KID (mean, std) and k-NN precision/recall of features [n, F] against reference
+    features [m, F], with the counts n ('num_images') and m ('num_reference') behind them."""
     kid_mean, kid_std = metrics.kid(feats, ref)
     precision, recall = metrics.precision_recall(ref, feats)
     return {
@@ -128,6 +129,8 @@ def distribution_metrics(feats: np.ndarray, ref: np.ndarray, *, quick: bool) -> 
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
+        "num_images": len(feats),
+        "num_reference": len(ref),
     }
 
 
@@ -148,8 +151,8 @@ class Functions(NamedTuple):
 
 def functions(restored: checkpoint.Restored) -> Functions:
     """The evaluation functions of any restored model, from the model interface alone."""
-    model, config = restored.model, restored.config
-    offset = jdata.Preprocess(config.data.scale).offset  # model inputs are x - offset
+    model = restored.model
+    offset = model.preprocess.offset  # model inputs are x - offset
     key = jax.random.PRNGKey(0)
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
     log_prob = objectives.log_prob_fn(graphdef)
@@ -174,18 +177,17 @@ def functions(restored: checkpoint.Restored) -> Functions:
     )
 
 
-def log_prob(model, images, *, scale: str = "unit", batch_size: int = 500, mesh=None):
+def log_prob(model, images, *, scale: str | None = None, batch_size: int = 500, mesh=None):
     """log p(x) in nats of every image under a model (the VAE: its ELBO): float64 [N].
 
     Jitted and batched over the devices (`parallel.map_batches`); the scoring call of research
     code and of likelihood baselines. `images`: uint8 [N, H, W, C] (divided by 255) or floats in
-    [0, 1]; `scale='centered'` shifts them by -0.5 as such a model was trained.
+    [0, 1], shifted to the model's own pixel scale (`Model.scale`: 'centered' by -0.5);
+    `scale`: None, or that same scale (`Model.check_scale`).
     """
-    x = jdata.check_images(images, "images")
+    offset = model.check_scale(scale).offset
+    x = jdata.check_images(images, "images", shape=model.image_shape)
     x = _unit(x) if x.dtype == np.uint8 else x
-    if x.shape[1:] != tuple(model.image_shape):
-        raise ValueError(f"images of shape {x.shape[1:]}, the model takes {model.image_shape}")
-    offset = jdata.Preprocess(scale).offset
     if not model.has_density:
         raise ValueError(f"the {model.head.name!r} likelihood is not a density: no log p(x)")
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
@@ -252,7 +254,10 @@ def evaluate_run(
     """Restore a run, measure it (see the module docstring), write JSON and markdown.
 
     `only_samplers`: names of the samplers to score (default: every one the model supports).
-    `fid=False`: reconstruction error and likelihood only (no Inception features, no samples).
+    `fid=False`: reconstruction error and likelihood only (no Inception features, no samples),
+    on the first `num_samples` test images; the result then has no 'protocol' or
+    'num_samples'. Each figure records the number of images behind it ('num_images', and
+    'num_reference' for FID/KID/precision/recall).
     """
     t0 = time.perf_counter()
     restored = restore(run_dir)
@@ -276,14 +281,15 @@ def evaluate_run(
     result = {
         "run": str(run_dir),
         "step": restored.step,
+        "stage_steps": list(restored.stage_steps),  # each stage's, e.g. [AE, flow] of a PAE
         "model": restored.spec,
         "dataset": dc.dataset,
-        "protocol": metrics.protocol_note(num_samples, num_samples, quick),
-        "num_samples": num_samples,
-        "quick": quick,
-        "reconstruction": {"mse": mse, "psnr_db": metrics.psnr(mse)},
-        "samples": {},
     }
+    if fid:  # the FID protocol only where an FID is computed: its counts, whether it is quick
+        protocol = metrics.protocol_note(num_samples, num_samples, quick)
+        result.update(protocol=protocol, num_samples=num_samples, quick=quick)
+    rec = {"mse": mse, "psnr_db": metrics.psnr(mse), "num_images": len(x)}
+    result.update(reconstruction=rec, samples={})
     if fid:
         ref = reference_features(
             dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir,
@@ -297,6 +303,7 @@ def evaluate_run(
         result["likelihood"] = {
             "nats_per_image": nats,
             "bits_per_dim": metrics.bits_per_dim(nats, dims),
+            "num_images": len(x),
             "convention": "a density over x / 255 in [0, 1]^D at the test pixels (not "
             "dequantized): bits per dimension in those units, not a bound on a discrete "
             "likelihood (metrics.bits_per_dim)",
@@ -319,29 +326,51 @@ def evaluate_run(
     return result
 
 
+STAGE_NAMES = ("autoencoder", "flow")  # the stages of a run with two, the PAE (`jaxae.pae`)
+
+
+def _steps_note(result: dict) -> str:
+    """'step 300', or each stage's: 'step 300 (autoencoder), 3210 (flow)'."""
+    steps = result.get("stage_steps") or [result["step"]]
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    names = STAGE_NAMES if len(steps) == 2 else [f"stage {i + 1}" for i in range(len(steps))]
+    parts = [f"{'unknown' if s is None else s} ({n})" for s, n in zip(steps, names, strict=True)]
+    return "step " + ", ".join(parts)
+
+
 def markdown(result: dict) -> str:
-    """The result as a markdown table, with the protocol stated under it."""
+    """The result as a markdown table, with the FID protocol under it when FIDs were computed."""
     cols = ["fid", "kid", "precision", "recall"]
     rec = result["reconstruction"]
     rows = [("reconstructions", rec)] if "fid" in rec else []
     rows += [(f"samples: {k}", v) for k, v in result["samples"].items()]
-    lines = [f"# Evaluation of `{result['run']}` (step {result['step']})", ""]
+    lines = [f"# Evaluation of `{result['run']}` ({_steps_note(result)})", ""]
     if rows:
         lines += ["| images | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, r in rows:
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
-    lines += ["", f"Reconstruction MSE {rec['mse']:.5f}, PSNR {rec['psnr_db']:.2f} dB."]
+
+    def over(r):  # results written before the counts were recorded have none
+        return f" over {r['num_images']:,} test images" if "num_images" in r else ""
+
+    lines += [""] if rows else []  # a blank line after the table
+    lines.append(f"Reconstruction MSE {rec['mse']:.5f}, PSNR {rec['psnr_db']:.2f} dB{over(rec)}.")
     if "likelihood" in result:
         lik = result["likelihood"]
         lines.append(
             f"Test NLL {lik['nats_per_image']:.1f} nats per image, {lik['bits_per_dim']:.3f} bits "
-            "per dimension."
+            f"per dimension{over(lik)}."
         )
-    lines += ["", f"Protocol: {result['protocol']}", ""]
+    if "protocol" in result:  # absent when no FID was computed (--no-fid)
+        lines += ["", f"Protocol: {result['protocol']}"]
+    lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
+    """The command line, ``python -m jaxae.evaluate --run RUN [--quick] [--no-fid]``: `evaluate_run`
+    on a run folder; returns its result."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (holds checkpoints/)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} samples, marked as such")

@@ -64,10 +64,19 @@ class MaskedAutoregressive(distrax.Bijector):
         self._conditioner = conditioner
 
     def inverse_and_log_det(self, y):
+        """u = (x - m(x)) exp(-a(x)) in one pass, and log|det du/dx| = -sum_i a_i(x).
+
+        x [..., D] -> (u [..., D], log_det [...]).
+        """
         shift, log_scale = self._conditioner(y)
         return (y - shift) * jnp.exp(-log_scale), -jnp.sum(log_scale, axis=-1)
 
     def forward_and_log_det(self, x):
+        """x from u by D sequential passes, and log|det dx/du| = sum_i a_i(x).
+
+        u [..., D] -> (x [..., D], log_det [...]).
+        """
+
         # x_i is right after pass i+1: D passes fix every coordinate in order.
         def body(_, y):
             shift, log_scale = self._conditioner(y)
@@ -154,6 +163,7 @@ class LULinear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((k,), param_dtype))
 
     def bijector(self) -> distrax.Bijector:
+        """The affine map x -> L U x + b as a distrax bijector (U's diagonal: exp of `log_diag`)."""
         m = self.off_diag[...]
         matrix = m - jnp.diag(jnp.diag(m)) + jnp.diag(jnp.exp(self.log_diag[...]))
         return distrax.LowerUpperTriangularAffine(matrix, self.bias[...])
@@ -170,6 +180,7 @@ class Flow(nnx.Module):
     param_dtype: jnp.dtype
 
     def bijector(self) -> distrax.Bijector:
+        """The bijector b: z -> u built from the current parameters (subclasses define it)."""
         raise NotImplementedError
 
     def _init_couplings(self, k, p, *, n_layers, hidden, n_blocks, param_dtype, rngs):
@@ -253,6 +264,8 @@ class RealNVP(Flow):
         )
 
     def bijector(self) -> distrax.Bijector:
+        """b: z -> u: for each layer a fixed permutation then an affine coupling, then the inverse
+        of the composed permutations (so a new flow is the identity)."""
         steps = []  # in the order applied to z
         for layer, (perm, cond) in enumerate(zip(self.perms, self.conditioners, strict=True)):
             steps.append(_permutation(perm))
@@ -302,6 +315,7 @@ class NeuralSplineFlow(Flow):
         )
 
     def bijector(self) -> distrax.Bijector:
+        """b: z -> u: per layer, an LU linear layer then a rational-quadratic spline coupling."""
         steps = []  # in the order applied to z
         for layer, (lin, cond) in enumerate(zip(self.linears, self.conditioners, strict=True)):
             steps.append(lin.bijector())

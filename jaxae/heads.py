@@ -170,26 +170,32 @@ class Head:
 
     @property
     def family(self) -> str:
+        """The distribution family: the name without its scale suffix ('t' for 't_diag')."""
         return self.name.rsplit("_", 1)[0] if self.name.endswith(SCALES) else self.name
 
     @property
     def scale(self) -> str | None:
+        """'identity', 'diag' or 'full' (None for mse, maf and vae)."""
         return self.name.rsplit("_", 1)[1] if self.name.endswith(SCALES) else None
 
     @property
     def mixable(self) -> bool:
+        """Whether the head also comes as a mixture of K components (all but mse, maf and vae)."""
         return self.family in FAMILIES
 
     @property
     def is_matrix(self) -> bool:
+        """Whether the event is the image as an H x W matrix (matrix normal and matrix t heads)."""
         return self.family.startswith("matrix")
 
     @property
     def dim(self) -> int:
+        """D = H W C, the number of pixels."""
         return math.prod(self.image_shape)
 
     @property
     def event_shape(self) -> tuple:
+        """(H, W) for matrix heads, else (D,)."""
         return self.image_shape[:2] if self.is_matrix else (self.dim,)
 
     def _blocks(self) -> list[tuple[str, int]]:
@@ -212,6 +218,7 @@ class Head:
 
     @property
     def component_params(self) -> int:
+        """How many raw values one mixture component takes (its df, loc and scale blocks)."""
         return sum(n for _, n in self._blocks())
 
     @property
@@ -229,6 +236,7 @@ class Head:
     # --- raw outputs -> distribution -----------------------------------------------------------
 
     def check_raw(self, raw):
+        """Raise ValueError unless raw has the shape [B, P] this head expects."""
         if raw.ndim != 2 or raw.shape[-1] != self.num_params:
             raise ValueError(
                 f"head {self.name!r} (K={self.k}) expects raw outputs [B, {self.num_params}], "

@@ -843,6 +843,7 @@ def convert(src, dst) -> Path:
 
 
 def main(argv=None) -> None:
+    """The command line, ``python -m jaxae.inception convert SRC DST.npz``: see `convert`."""
     parser = argparse.ArgumentParser(
         prog="python -m jaxae.inception", description="FID Inception weights for jaxae."
     )

@@ -275,8 +275,66 @@ def decode_codes(generate: GenerateFn, u, chunk: int = 256) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
-def pae_posterior(model, images, c: Corruption, *, scale: str, key, starts: int = 10,
-                  steps: int = 100, num_samples: int = 100, optimizer=None,
+# How far (in noise stds) a noisy observed pixel may lie outside [0, 1]: a clean pixel in [0, 1]
+# plus Gaussian noise passes 6 stds about once in 5e8 pixels.
+NOISE_STDS = 6.0
+
+
+def observed_images(images, c: Corruption, shape, name: str = "images") -> np.ndarray:
+    """Corrupted images checked as `data.check_images` checks clean ones, on observed pixels.
+
+    Args:
+      images: [B, H, W, C] (or [B, H, W] when C is 1); uint8 (divided by 255) or floats in
+        [0, 1] on the observed pixels, where noisy ones (noise > 0) may lie up to `NOISE_STDS`
+        noise stds outside [0, 1]. Hidden pixels may hold anything, NaN included.
+      c: the `Corruption`; shape: (H, W, C), the model's image shape.
+      name: what the images are, used in error messages.
+
+    Returns:
+      float32 [B, H, W, C] in [0, 1] pixel units.
+
+    Raises:
+      TypeError: a non-numeric dtype.
+      ValueError: a wrong shape (`data.check_image_shape`), no image, NaN/inf or out-of-range
+        observed pixels (floats in [0, 255] among them).
+    """
+    shape = tuple(shape)
+    x = np.asarray(images)
+    if x.dtype.kind not in "uif":
+        raise TypeError(
+            f"{name}: unsupported dtype {x.dtype}; use uint8 in [0, 255] or floating in [0, 1]"
+        )
+    x = jdata.check_image_shape(x, shape, name)
+    if c.mask.shape != shape or c.noise.shape != shape:
+        raise ValueError(f"corruption of shape {c.mask.shape} for images of shape {shape}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no image (shape {list(x.shape)})")
+    mask = np.broadcast_to(c.mask, x.shape)
+    if x.dtype.kind in "ui":
+        seen = x[mask]
+        if x.dtype != np.uint8 and (seen.min() < 0 or seen.max() > 255):
+            raise ValueError(f"{name}: integer pixels out of range [0, 255]: min {seen.min()}, "
+                             f"max {seen.max()} (dtype {x.dtype})")  # fmt: skip
+        return np.where(mask, x.astype(np.float32) / 255.0, 0.0).astype(np.float32)
+    x = x.astype(np.float32)
+    if not np.isfinite(x[mask]).all():
+        raise ValueError(f"{name}: NaN or inf in the observed pixels of the corrupted images")
+    slack = NOISE_STDS * np.broadcast_to(c.noise, x.shape)
+    out = mask & ((x < -slack) | (x > 1.0 + slack))
+    if out.any():
+        lo, hi = float(x[mask].min()), float(x[mask].max())
+        why = f"float pixels out of range [0, 1]: observed min {lo:.4g}, max {hi:.4g}"
+        if c.noise.any():
+            why += f" (noisy ones may stray {NOISE_STDS:g} noise stds outside)"
+        if hi > 2.0:
+            why += (": floats in [0, 255]? Pass images / 255, or the uint8 images (divided by "
+                    "255 as everywhere in jaxae)")  # fmt: skip
+        raise ValueError(f"{name}: {why}")
+    return np.where(mask, x, 0.0)
+
+
+def pae_posterior(model, images, c: Corruption, *, key, scale: str | None = None,
+                  starts: int = 10, steps: int = 100, num_samples: int = 100, optimizer=None,
                   merge_radius: float = 1.0) -> Result:  # fmt: skip
     """Inpaint / denoise corrupted images with a fitted PAE: the Laplace-mixture posterior of
     Eqs. 13-14 from `starts` starts per image (the encoder's guess f(x~) mapped to u by the
@@ -284,28 +342,22 @@ def pae_posterior(model, images, c: Corruption, *, scale: str, key, starts: int 
 
     Args:
       model: a fitted `models.PAE`.
-      images: [B, H, W, C] corrupted images, pixels in [0, 1] (e.g. from `corrupt` plus the
-        offset); hidden pixels may hold anything, NaN included.
+      images: [B, H, W, C] corrupted images: uint8, or floats in [0, 1] (e.g. from `corrupt`
+        plus the offset; noisy pixels may stray outside, see `observed_images`); hidden pixels
+        may hold anything, NaN included.
       c: the `Corruption` (mask and noise std, in [0, 1] pixel units).
-      scale: the run's ``config.data.scale``.
+      key: PRNG key of the prior starts and the posterior samples.
+      scale: None (the model's own pixel scale, `Model.scale`), or that same scale.
+    Returns:
+      `Result`, images in [0, 1].
     """
-    from jaxae import models, pae  # the PAE glue only; the functions above need neither
+    from jaxae import pae  # the PAE glue only; the functions above need neither
 
-    if not isinstance(model, models.PAE):
-        raise TypeError(f"inpainting needs a PAE (models.PAE), got {type(model).__name__}")
-    model.check_fitted("inpainting")
-    model.eval()
-    x = np.asarray(images, np.float32)
+    pae.require_fitted(model, "inpainting")
+    offset = model.check_scale(scale).offset
     shape = tuple(model.image_shape)
-    if x.ndim != 4 or x.shape[1:] != shape:
-        raise ValueError(f"images of shape {x.shape}, expected [B, {', '.join(map(str, shape))}]")
-    if c.mask.shape != shape or c.noise.shape != shape:
-        raise ValueError(f"corruption of shape {c.mask.shape} for images of shape {shape}")
-    observed = np.where(c.mask, x, 0.0)
-    if not np.isfinite(observed).all():
-        raise ValueError("NaN or inf in the observed pixels of the corrupted images")
-    offset = jdata.Preprocess(scale).offset
-    x_model = np.where(c.mask, x, 0.0) - offset  # hidden pixels: black, for the encoder's guess
+    x = observed_images(images, c, shape)
+    x_model = x - offset  # hidden pixels: black (0 in [0, 1] units), for the encoder's guess
     generate, sigma = pae.generator(model)
     k_start, k_samples = jax.random.split(key)
     z = model.encode(jnp.asarray(x_model))

@@ -6,7 +6,9 @@ Every model is an `nnx.Module` with
 - ``likelihood(raw) -> distrax.Distribution`` over the image's event (`event(x)`);
 - ``latent(x, key) -> (z, {name: [B]})``: the code the training objective decodes and the
   model's named per-example regularizer terms (the VAE: a posterior sample and its KL);
-- ``spec``: the JSON description that `build` rebuilds the model from.
+- ``spec``: the JSON description that `build` rebuilds the model from;
+- ``scale``: the pixel scale it was trained on ('unit': [0, 1]; 'centered': [-0.5, 0.5]), so
+  that code using a restored model passes images and nothing else (`preprocess`, `check_scale`).
 `jaxae.objectives` turns these into per-example loss terms; nothing outside this module asks
 which kind a model is. Point images, variances and mixture components derive from the
 interface (`point`, `reconstruct`, `decode_code`, `components`).
@@ -32,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxae import config as jconfig
+from jaxae import data as jdata
 from jaxae import flows, nets
 from jaxae.heads import Head, positive
 
@@ -44,24 +48,60 @@ class Model(nnx.Module):
     kind: str
     head: Head
     image_shape: tuple
+    # The pixel scale of the model's inputs (`jaxae.config.SCALES`), set by `build` from the
+    # description's "scale"; a plain string, so it is part of the graphdef, not of the state.
+    scale: str = "unit"
 
     def encode(self, x):
+        """The codes of model inputs x [B, H, W, C] (`preprocess`d): [B, K]; the VPAE CNN, a feature
+        map."""
         raise NotImplementedError
 
     def decode(self, z):
+        """The decoder's raw output [B, P] for codes z (`likelihood` makes it a distribution)."""
         raise NotImplementedError
 
     @property
     def spec(self) -> dict:
+        """The JSON description `build` rebuilds this model from (saved with every checkpoint)."""
         raise NotImplementedError
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        """The model of a description `spec` (its head parsed by `build`), initialised by `seed`."""
         return cls(head, spec["arch"], spec.get("latent_dim", 32), seed=seed)
 
     def latent(self, x, key=None):
         """(code to decode [B, ...], {regularizer name: [B]}) for the training objective."""
         return self.encode(x), {}
+
+    # --- pixel scale ---------------------------------------------------------------------------
+
+    @property
+    def preprocess(self) -> jdata.Preprocess:
+        """Pixels (uint8 [B, H, W, C], or floats in [0, 1]) -> this model's float32 inputs;
+        ``preprocess.offset`` is what its inputs and point images are shifted by."""
+        return jdata.Preprocess(self.scale)
+
+    def check_scale(self, scale: str | None = None) -> jdata.Preprocess:
+        """`preprocess`, after checking a caller's `scale` (None: the model's own) against it.
+
+        Raises:
+          ValueError: `scale` is given and is not the scale the model was trained on.
+        """
+        if scale is not None and scale != self.scale:
+            ranges = {"unit": "[0, 1]", "centered": "[-0.5, 0.5]"}
+            raise ValueError(
+                f"this model was trained on {self.scale!r} pixels "
+                f"({ranges.get(self.scale, '?')}); scale={scale!r} does not match: leave scale "
+                f"out (None: the model's own) or pass scale={self.scale!r}"
+            )
+        return self.preprocess
+
+    def _with_scale(self, spec: dict) -> dict:
+        # 'unit' is left out, so that descriptions (and checkpoints) of unit-scale models are
+        # those written before models knew their scale.
+        return spec if self.scale == "unit" else {**spec, "scale": self.scale}
 
     def likelihood(self, raw) -> distrax.Distribution:
         """The distribution over the image's event given raw decoder outputs [B, P]."""
@@ -128,14 +168,18 @@ class Autoencoder(Model):
 
     @property
     def spec(self) -> dict:
+        """kind, arch, head, k, latent_dim, image_shape (and scale unless 'unit')."""
         h = self.head
-        return {"kind": self.kind, "arch": self.arch, "head": h.name, "k": h.k,
-                "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
+        return self._with_scale({"kind": self.kind, "arch": self.arch, "head": h.name, "k": h.k,
+                                 "latent_dim": self.latent_dim,
+                                 "image_shape": list(self.image_shape)})  # fmt: skip
 
     def encode(self, x):
+        """Images [B, H, W, C] -> codes [B, K] (the network's encoder)."""
         return self.net.encode(x)
 
     def decode(self, z):
+        """Codes [B, K] -> the head's raw parameters [B, P]."""
         return self.net.decode(z).reshape(z.shape[0], -1)
 
 
@@ -150,6 +194,7 @@ class MAFAutoencoder(Autoencoder):
         self.made = flows.MADE(head.dim, 10, rngs=rngs)
 
     def likelihood(self, raw) -> distrax.Distribution:
+        """The base N(raw, I) pushed through the MADE's masked autoregressive flow."""
         return distrax.Transformed(
             self.head.distribution(raw), flows.MaskedAutoregressive(self.made)
         )
@@ -193,6 +238,8 @@ class VAE(Model):
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        """A VAE from its description: latent_dim, arch, beta and capacity (defaults 32, the MLP, 1,
+        0)."""
         return cls(
             head,
             spec.get("latent_dim", 32),
@@ -204,13 +251,14 @@ class VAE(Model):
 
     @property
     def spec(self) -> dict:
+        """kind, head, k, latent_dim, image_shape; arch, beta, capacity where not the defaults."""
         spec = {"kind": self.kind, "head": self.head.name, "k": self.head.k,
                 "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
         if self.arch is not None:
             spec["arch"] = self.arch
         if (self.beta, self.capacity) != (1.0, 0.0):
             spec.update(beta=self.beta, capacity=self.capacity)
-        return spec
+        return self._with_scale(spec)
 
     def posterior(self, x) -> distrax.Distribution:
         """q(z | x), a diagonal Normal over the code."""
@@ -222,9 +270,11 @@ class VAE(Model):
         return distrax.MultivariateNormalDiag(h[:, :d], positive(h[:, d:]))
 
     def encode(self, x):
+        """The posterior mean of q(z | x): [B, K]."""
         return self.posterior(x).mean()
 
     def decode(self, z):
+        """Codes [B, K] -> the head's raw parameters [B, P]."""
         return self.decoder(z) if self.arch is None else self.net.decode(z).reshape(z.shape[0], -1)
 
     def latent(self, x, key=None):
@@ -240,6 +290,15 @@ class VAE(Model):
 
 class NotFittedError(RuntimeError):
     """A PAE used for densities, scores or samples before its noise map and flow are fitted."""
+
+
+# How a run gets its PAE second stage: said by every error about a missing or unfitted flow.
+FIT_FLOW_HINT = (
+    "fit it with `python -m experiments.train --config experiments/configs/pae.py:K --workdir "
+    "<run>` (both stages: config flow.epochs > 0) or, on a trained autoencoder run, "
+    "`jaxae.pae.fit_flow(config, run, dataset=...)`; then restore the run again "
+    "(`jaxae.checkpoint.restore_params(run)` gives the PAE)"
+)
 
 
 class FittedState(nnx.Variable):
@@ -279,11 +338,14 @@ class PAE(Autoencoder):
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
+        """A PAE from its description: arch (default infogan), latent_dim and its flow
+        (`flow_spec`)."""
         return cls(head, spec.get("arch", "infogan"), spec.get("latent_dim", 32),
                    flow=spec.get("flow"), seed=seed)  # fmt: skip
 
     @property
     def spec(self) -> dict:
+        """The autoencoder's description plus the flow's (`flow_spec`, defaults filled in)."""
         return {**super().spec, "flow": dict(self.flow_spec)}
 
     def check_fitted(self, use: str = "this") -> None:
@@ -291,8 +353,7 @@ class PAE(Autoencoder):
         if not int(self.fitted[...]):
             raise NotFittedError(
                 f"{use} needs a fitted PAE, but this one's noise map and latent flow have not "
-                "been fitted: run the flow stage (config flow.epochs > 0, `jaxae.pae.fit_flow`) "
-                "and restore the run folder"
+                f"been fitted: {FIT_FLOW_HINT}"
             )
 
     def latent_flow(self, z):
@@ -350,10 +411,17 @@ def build(spec: dict, *, force: bool = True) -> Model:
     """A model from its JSON description (`Model.spec`, saved with every checkpoint).
 
     Weights are initialised with ``spec.get('seed', 0)``, to be replaced by a checkpoint's.
+    ``spec.get('scale', 'unit')`` is the pixel scale the model takes (`Model.scale`).
     Descriptions written before this interface (``kind: 'vpae'``; ``kind: 'ae'`` without a
     head) are read as the models they described.
     """
     spec = dict(spec)
+    scale = spec.get("scale", "unit")
+    if scale not in jconfig.SCALES:
+        raise ValueError(
+            f"model description: scale {scale!r} is not a pixel scale: use one of {jconfig.SCALES}"
+            " (config data.scale)"
+        )
     if spec.get("kind") == "vpae":  # the earlier single VPAE class, switched on its head
         spec["kind"] = spec["head"] if spec.get("head") in ("maf", "vae") else "ae"
     kind = spec.get("kind")
@@ -362,9 +430,11 @@ def build(spec: dict, *, force: bool = True) -> Model:
     try:
         shape, seed = tuple(spec["image_shape"]), spec.get("seed", 0)
         head = Head(spec.get("head", "mse"), k=spec.get("k", 1), image_shape=shape, force=force)
-        return KINDS[kind].from_spec(spec, head, seed)
+        model = KINDS[kind].from_spec(spec, head, seed)
     except KeyError as e:
         raise ValueError(f"model description {spec} lacks {e}") from None
+    model.scale = scale
+    return model
 
 
 def num_params(model: nnx.Module) -> int:

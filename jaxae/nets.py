@@ -202,9 +202,11 @@ class MLPAutoencoder(nnx.Module):
         self.decoder = nnx.Linear(latent_dim, out_features or d, kernel_init=init, rngs=rngs)
 
     def encode(self, x):
+        """Images [B, H, W, C] -> codes ReLU(Dense(x)) [B, K] (or [B, code_features])."""
         return jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
 
     def decode(self, z):
+        """Codes [B, K] -> raw outputs [B, out_features] (one linear layer)."""
         return self.decoder(z)
 
 
@@ -257,11 +259,14 @@ class ConvAutoencoder(nnx.Module):
         self.up2 = ConvTranspose2x(width, self.per_pixel * c, rngs=rngs)
 
     def encode(self, x):
+        """Images [B, H, W, C] -> codes [B, K] (two stride-2 convolutions, then a dense layer)."""
         h = jax.nn.relu(self.conv1(x))
         h = jax.nn.relu(self.conv2(h))
         return self.to_code(h.reshape(h.shape[0], -1))
 
     def decode(self, z):
+        """Codes [B, K] -> raw outputs [B, M H W C]: each of the M per-pixel parameters as one
+        block."""
         h = jax.nn.relu(self.from_code(z)).reshape(z.shape[0], *self.hidden)
         return _per_pixel_out(self.up2(jax.nn.relu(self.up1(h))), self.per_pixel)
 
@@ -290,6 +295,8 @@ class VPAECNN(nnx.Module):
         return jax.nn.relu(conv_maxpool2(x, kernel) + bias)
 
     def decode(self, z):
+        """The code [B, H/2, W/2, filters] -> raw outputs [B, P]: a 3x3 convolution, nearest
+        upsampling x2, flattened and cut to the first P values."""
         h = self.conv2(z)
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest upsampling x2
         return h.reshape(h.shape[0], -1)[:, : self.out_features]

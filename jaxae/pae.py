@@ -8,8 +8,10 @@
 - `score`: the out-of-distribution scores of Sec. 2.2 for a batch of images, through
   `jaxae.laplace` (one jitted call per batch: vmap over images, MAP inside `lax` loops).
 
-Images are what the datasets hold: uint8 [B, H, W, C] (or floats in [0, 1]); `scale` is the run's
-``config.data.scale`` (the PAE paper's: 'centered', pixels in [-0.5, 0.5]).
+Images are what the datasets hold: uint8 [B, H, W, C] (or floats in [0, 1]). A model knows the
+pixel scale it was trained on (`models.Model.scale`, the run's ``config.data.scale``; the PAE
+paper's: 'centered', pixels in [-0.5, 0.5]), so no function here needs it: their `scale`
+argument (None: the model's own) is only checked against it.
 """
 
 from __future__ import annotations
@@ -36,13 +38,11 @@ SIGMA_FLOOR = 1.0 / (256.0 * math.sqrt(12.0))
 BATCH = 500
 
 
-def _inputs(model, images, scale: str, name: str = "images") -> np.ndarray:
-    """Checked images (`data.check_images`) of the model's shape, as the model's float inputs."""
-    x = jdata.check_images(images, name)
-    if x.shape[1:] != tuple(model.image_shape):
-        raise ValueError(f"{name}: images of shape {x.shape[1:]}, the model takes "
-                         f"{tuple(model.image_shape)}")  # fmt: skip
-    return np.asarray(jdata.Preprocess(scale)(x))
+def _inputs(model, images, scale: str | None = None, name: str = "images") -> np.ndarray:
+    """Checked images (`data.check_images`) of the model's shape, as the model's float inputs
+    [B, H, W, C] (its own pixel scale; a `scale` given must be it: `Model.check_scale`)."""
+    pre = model.check_scale(scale)
+    return np.asarray(pre(jdata.check_images(images, name, shape=model.image_shape)))
 
 
 def _map(fn, model, x: np.ndarray, batch_size: int = BATCH):
@@ -57,13 +57,13 @@ def _map(fn, model, x: np.ndarray, batch_size: int = BATCH):
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *out)
 
 
-def encode(model, images, *, scale: str, batch_size: int = BATCH) -> np.ndarray:
-    """The codes f(x) [B, K] of images (eval mode)."""
+def encode(model, images, *, scale: str | None = None, batch_size: int = BATCH) -> np.ndarray:
+    """The codes f(x) [B, K] of images [B, H, W, C] (eval mode)."""
     model.eval()
     return _map(lambda m, x: m.encode(x), model, _inputs(model, images, scale), batch_size)
 
 
-def noise_map(model, images, *, scale: str, batch_size: int = BATCH) -> np.ndarray:
+def noise_map(model, images, *, scale: str | None = None, batch_size: int = BATCH) -> np.ndarray:
     """Eq. 8's sigma [N]: each pixel's root-mean-square reconstruction error over `images` (the
     validation set), floored at `SIGMA_FLOOR`.
 
@@ -119,6 +119,10 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
     ``<workdir>/stage2`` with Adam, early-stopped on the validation codes' NLL
     (``config.flow``). The autoencoder is frozen and in eval mode. `checkpoint.restore_params`
     of the run folder then gives the whole PAE. Returns the stage's summary.
+
+    Every checkpoint of the stage records the autoencoder's step and fingerprint
+    (`checkpoint.stage_record`); resuming a flow that was fitted on another autoencoder
+    checkpoint than the newest one raises `checkpoint.StageMismatchError`.
     """
     config = jconfig.validate(config)
     workdir = Path(workdir)
@@ -131,6 +135,8 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
             f"{workdir}: the checkpoint's autoencoder has K={k_saved} latent dimensions, the "
             f"config K={k_config}: use the run's own config or a new workdir"
         )
+    checkpoint.check_stages(workdir)  # never resume a flow fitted on another autoencoder
+    fitted_on = checkpoint.stage_record(workdir, ae.step, stage=1, name="autoencoder")
     t0 = time.perf_counter()
     scale = config.data.scale
     sigma = noise_map(ae.model, dataset.val.images, scale=scale)
@@ -162,6 +168,7 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
         train={"z": codes["train"]}, mesh=mesh, eval_fn=eval_fn, progress=progress,
         model=model.spec, data_files=dataset.files,
         early_stopping=train.EarlyStopping("nll", config.flow.patience),
+        extra_meta={"stage": {"name": "latent flow", "fitted_on": fitted_on}},
     )  # fmt: skip
     best = result.state["best"]
     history = result.history
@@ -193,9 +200,20 @@ def _logged_seconds(path: Path) -> float:
 # --- Using a fitted PAE --------------------------------------------------------------------------
 
 
-def _fitted(model, use: str):
+def require_fitted(model, use: str) -> None:
+    """Check that `model` is a PAE whose noise map and flow are fitted, and set eval mode.
+
+    Raises:
+      TypeError: not a `models.PAE`; for a plain autoencoder (the first stage of a PAE run,
+        or a run without one), how to fit its latent flow.
+      models.NotFittedError: a PAE whose second stage has not been fitted.
+    """
     if not isinstance(model, models.PAE):
-        raise TypeError(f"{use} needs a PAE (models.PAE), got {type(model).__name__}")
+        what = f"got a {type(model).__name__} (model kind {getattr(model, 'kind', '?')!r})"
+        if type(model) is models.Autoencoder:  # a PAE run's first stage, or an AE run
+            what = (f"this is a plain autoencoder ({type(model).__name__}, kind {model.kind!r}) "
+                    f"whose latent flow was never fitted: {models.FIT_FLOW_HINT}")  # fmt: skip
+        raise TypeError(f"{use} needs a PAE (models.PAE); {what}")
     model.check_fitted(use)
     model.eval()
 
@@ -229,7 +247,7 @@ def functions(model: models.PAE):
     """``(decode, flow, sigma)`` of a fitted PAE in `jaxae.laplace`'s form: single-example
     callables bound to the model's weights (`jax.tree_util.Partial`, so new weights of the same
     model do not recompile) and the noise map [N]."""
-    _fitted(model, "jaxae.laplace scoring")
+    require_fitted(model, "jaxae.laplace scoring")
     graphdef, state = nnx.split(model)
     fns, partial = _fns(model, graphdef), jax.tree_util.Partial
     return partial(fns["decode"], state), partial(fns["flow"], state), jnp.asarray(model.sigma[...])
@@ -238,7 +256,7 @@ def functions(model: models.PAE):
 def generator(model: models.PAE):
     """``(generate, sigma)``: u [K] -> g(b^-1(u)) [N] bound to the weights (the PAE's
     generative process, Eq. 6, used by `jaxae.inpaint`) and the noise map [N]."""
-    _fitted(model, "the PAE generator")
+    require_fitted(model, "the PAE generator")
     graphdef, state = nnx.split(model)
     return jax.tree_util.Partial(_fns(model, graphdef)["generate"], state), jnp.asarray(
         model.sigma[...]
@@ -248,9 +266,11 @@ def generator(model: models.PAE):
 SCORES = ("reconstruction", "latent_density", "eq12", "eq12_map", "log_evidence")
 
 
-def score(model: models.PAE, images, *, scale: str, map_steps: int = 100, batch_size: int = 256,
-          laplace_scores: bool = True, progress=None) -> dict[str, np.ndarray]:  # fmt: skip
-    """The PAE's out-of-distribution scores of each image (higher: more in-distribution).
+def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int = 100,
+          batch_size: int = 256, laplace_scores: bool = True,
+          progress=None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The PAE's out-of-distribution scores of each image [B, H, W, C] (higher: more
+    in-distribution).
 
     Keys (each [B], float64 on the host): 'reconstruction' (a, the first term of Eq. 12 at
     f(x)), 'latent_density' (b, log p(f(x)), the paper's "PAE density"), 'eq12' (Eq. 12 at
@@ -258,11 +278,11 @@ def score(model: models.PAE, images, *, scale: str, map_steps: int = 100, batch_
     `map_steps` optimiser steps from f(x)), 'log_evidence' (d, Eq. 11 at z') and the MAP's
     report ('map_converged', 'map_grad_norm', 'map_steps').
     """
-    _fitted(model, "scoring")
+    require_fitted(model, "scoring")
     x = _inputs(model, images, scale)
     decode, flow, sigma = functions(model)
     xf = x.reshape(len(x), -1)
-    z0 = encode(model, images, scale=scale, batch_size=BATCH)
+    z0 = _map(lambda m, xb: m.encode(xb), model, x, BATCH)
     if not laplace_scores:
 
         def cheap(m, xb):
@@ -288,19 +308,20 @@ def score(model: models.PAE, images, *, scale: str, map_steps: int = 100, batch_
             for k, v in out.items() if k != "z_map"}  # fmt: skip
 
 
-def sample(model: models.PAE, key, n: int, *, scale: str) -> np.ndarray:
-    """n images drawn from the PAE (Eq. 6: x = g(b^-1(u)), u ~ N(0, I)), in [0, 1] [n, H, W, C]."""
-    _fitted(model, "sampling")
-    offset = jdata.Preprocess(scale).offset
+def sample(model: models.PAE, key, n: int, *, scale: str | None = None) -> np.ndarray:
+    """n images drawn from the PAE (Eq. 6: x = g(b^-1(u)), u ~ N(0, I)): [n, H, W, C] in [0, 1]."""
+    require_fitted(model, "sampling")
+    offset = model.check_scale(scale).offset
     z = np.asarray(model.sample_codes(key, n))
     return _map(lambda m, zb: jnp.clip(m.point(m.decode(zb))[0] + offset, 0.0, 1.0), model, z)
 
 
-def interpolate(model: models.PAE, a, b, *, scale: str, steps: int = 8) -> np.ndarray:
+def interpolate(model: models.PAE, a, b, *, scale: str | None = None,
+                steps: int = 8) -> np.ndarray:  # fmt: skip
     """Images along the straight line between the flow's u of images a and b [B, ...]:
     [B, steps, H, W, C] in [0, 1] (the paper's Fig. 4 interpolations)."""
-    _fitted(model, "interpolation")
-    offset = jdata.Preprocess(scale).offset
+    require_fitted(model, "interpolation")
+    offset = model.check_scale(scale).offset
     za, zb = encode(model, a, scale=scale), encode(model, b, scale=scale)
     ua, ub = (np.asarray(model.latent_flow(jnp.asarray(z))[0]) for z in (za, zb))
     t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
@@ -314,13 +335,25 @@ def interpolate(model: models.PAE, a, b, *, scale: str, steps: int = 8) -> np.nd
     return images.reshape(len(za), steps, *images.shape[1:])
 
 
-def write_figures(model: models.PAE, images, folder, *, scale: str, seed: int = 0) -> list[Path]:
+def write_figures(model: models.PAE, images, folder, *, scale: str | None = None,
+                  seed: int = 0) -> list[Path]:  # fmt: skip
     """``samples.png`` (40 samples, Eq. 6) and ``interpolations.png`` (8 rows: the straight
     line in u between images[i] and images[8 + i], 10 steps; needs 16 images) in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     s = sample(model, jax.random.PRNGKey(seed), 40, scale=scale)
-    paths = [plots.image_grid(list(s.reshape(4, 10, *s.shape[1:])), folder / "samples.png")]
+    paths = [
+        plots.image_grid(
+            list(s.reshape(4, 10, *s.shape[1:])),
+            folder / "samples.png",
+            title="40 PAE samples, x = g(b^-1(u)), u ~ N(0, I) (Eq. 6)",
+        )
+    ]
     path = interpolate(model, images[:8], images[8:16], scale=scale, steps=10)
-    paths.append(plots.image_grid(list(path), folder / "interpolations.png"))
+    paths.append(plots.image_grid(
+        list(path), folder / "interpolations.png",
+        row_labels=[f"images {i}, {8 + i}" for i in range(len(path))],
+        col_labels=[f"{t:.2g}" for t in np.linspace(0.0, 1.0, path.shape[1])],
+        title="decoded straight lines in the flow's u: (1 - t) u_a + t u_b, t above",
+    ))  # fmt: skip
     return paths

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from jaxae import config as jconfig
 from jaxae import data as jdata
 from jaxae import parallel
-from jaxae.checkpoint import Checkpointer
+from jaxae.checkpoint import Checkpointer, depended_steps
 
 # A loss function maps (params, model_state, batch, key) to (per-example terms {name: [B]} with
 # 'loss', the new model state); `stateless` adapts one of (params, batch, key) -> terms.
@@ -341,6 +341,9 @@ def make_train_chunk(update: Update, batch_size: int, mesh=None, prepare: Prepar
 
 
 class FitResult(NamedTuple):
+    """What `fit` returns: the final train `state`, the `history` of per-epoch metrics dicts, and
+    the step it `resumed_from` (None for a fresh run)."""
+
     state: dict
     history: list[dict]
     resumed_from: int | None
@@ -371,6 +374,7 @@ def fit(
     model: dict | None = None,
     data_files=(),
     early_stopping: EarlyStopping | None = None,
+    extra_meta: dict | None = None,
 ) -> FitResult:
     """Train (or resume) until ``training.epochs`` epochs or ``training.max_steps`` steps.
 
@@ -385,13 +389,15 @@ def fit(
       prepare: on-device preprocessing of each raw batch.
       mesh: defaults to a ``('data',)`` mesh over all devices.
       eval_fn: called with the train state at every epoch end; its dict is logged.
-      progress: show a progress bar.
+      progress: show a progress bar; False: print one line per epoch instead (process 0).
       model: JSON description of the model (`jaxae.models.build` rebuilds it), saved with
         every checkpoint so that the run can be restored and evaluated later.
       data_files: the files the training data was read from, saved with every checkpoint.
       early_stopping: stop on a plateau of one of `eval_fn`'s metrics (`EarlyStopping`); the
         train state then carries the best parameters (``state['best']``), so a resumed run
         stops at the same epoch with the same result.
+      extra_meta: more JSON saved in every checkpoint's meta (a later stage records there the
+        checkpoint it was fitted on: `jaxae.checkpoint.stage_record`).
 
     Returns:
       `FitResult` with the final state, the logged metric lines, and the step resumed from.
@@ -417,9 +423,7 @@ def fit(
             f"{tc.batch_size}: an empty epoch"
         )
     data = parallel.replicate(train, mesh)
-    total = tc.epochs * steps_per_epoch
-    if tc.max_steps:
-        total = min(total, tc.max_steps)
+    total = total_steps(tc, num_examples)
 
     # --- State and checkpoint.
     if early_stopping is not None and eval_fn is None:
@@ -433,12 +437,16 @@ def fit(
         return parallel.replicate(host_state, mesh)
 
     every = tc.checkpoint_every or steps_per_epoch
-    ckpt = Checkpointer(workdir / "checkpoints", save_every=every, keep=tc.keep_checkpoints)
+    # A later stage of this run (the PAE's flow in <workdir>/stage2) was fitted on one of these
+    # checkpoints: it is kept whatever keep_checkpoints says, so the stages still restore together.
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=every, keep=tc.keep_checkpoints,
+                        preserve=depended_steps(workdir))  # fmt: skip
     meta = {
         "config": config.to_dict(),
         "data": {"steps_per_epoch": steps_per_epoch, "num_examples": num_examples,
                  "files": [str(f) for f in data_files]},
         **({"model": model} if model else {}),
+        **(extra_meta or {}),
     }  # fmt: skip
     try:
         state, saved, resumed = ckpt.restore_or_init(init_fn)
@@ -452,6 +460,13 @@ def fit(
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
     return FitResult(state=state, history=history, resumed_from=resumed)
+
+
+def total_steps(training, num_examples: int) -> int:
+    """The global step `fit` trains to: ``training.epochs`` epochs of ``num_examples //
+    training.batch_size`` steps, capped at ``training.max_steps`` (0: no cap)."""
+    total = training.epochs * (num_examples // training.batch_size)
+    return min(total, training.max_steps) if training.max_steps else total
 
 
 def _check_resumable(meta: dict, config, num_examples: int) -> None:
@@ -512,6 +527,7 @@ class _Loop(NamedTuple):
         last_saved = self.ckpt.latest_step()
         lead = jax.process_index() == 0  # one process writes the log and shows the bar
         stopped = self.early_stopping is not None and int(state["best"]["stopped"])
+        epoch_lines = []  # this epoch's logged chunks: without a bar, one printed line per epoch
         with (
             open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as log,
             tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
@@ -544,6 +560,11 @@ class _Loop(NamedTuple):
                 log.write(json.dumps(line) + "\n")
                 log.flush()
                 history.append(line)
+                epoch_lines.append(line)
+                if lead and not progress and (step % steps_per_epoch == 0 or step == total
+                                              or stopped):  # fmt: skip
+                    print(_epoch_summary(epoch_lines, tc.epochs, total), flush=True)
+                    epoch_lines = []
                 bar.update(n)
                 bar.set_postfix(loss=f"{line['loss']:.4g}", ex_s=f"{line['examples_per_s']:.0f}")
                 position = {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
@@ -558,6 +579,18 @@ class _Loop(NamedTuple):
                 if self.ckpt.save(step, state, meta, force=step == total or stopped):
                     last_saved = step
         return state, history
+
+
+def _epoch_summary(lines: list[dict], epochs: int, total: int) -> str:
+    """One line for an epoch's logged chunks (`_Loop.run` without a progress bar): where the run
+    is, the mean training loss, the epoch's evaluation, its seconds and examples/s."""
+    last = lines[-1]
+    seconds = sum(x["seconds"] for x in lines)
+    examples = [x["examples_per_s"] * x["seconds"] for x in lines]  # each chunk's examples
+    loss = sum(x["loss"] * e for x, e in zip(lines, examples, strict=True)) / sum(examples)
+    evals = "".join(f"  {k} {v:.5g}" for k, v in last.items() if k.startswith("eval_"))
+    return (f"epoch {last['epoch']:g}/{epochs}  step {last['step']}/{total}  loss {loss:.5g}"
+            f"{evals}  {seconds:.1f} s  {sum(examples) / seconds:,.0f} examples/s")  # fmt: skip
 
 
 def _trim_log(path: Path, step: int) -> None:

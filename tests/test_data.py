@@ -421,3 +421,28 @@ def test_labels_length_mismatch():
 def test_unknown_name():
     with pytest.raises(ValueError, match="unknown data set 'cifar10'"):
         data.load("cifar10")
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((28, 28, 1), r"shape \[28, 28, 1\].*the batch axis is missing: pass images\[None\] "),
+        ((28, 28), r"batch axis is missing: pass images\[None, \.\.\., None\]"),
+        ((5, 1, 28, 28), r"channels-first.*channels-last \[B, H, W, C\]: pass "
+                         r"images\.transpose\(0, 2, 3, 1\)"),
+        ((5, 8, 8, 1), r"shape \[5, 8, 8, 1\], but the model takes \[B, H, W, C\] = "
+                       r"\[B, 28, 28, 1\]$"),
+    ],
+)  # fmt: skip
+def test_images_of_another_shape_than_the_model_say_how_to_fix_them(shape, message):
+    """A single [H, W, C] image is not read as 28 images of 28 x 1 pixels."""
+    with pytest.raises(ValueError, match=message):
+        data.check_images(np.zeros(shape, np.uint8), "mine", shape=(28, 28, 1))
+
+
+def test_images_of_the_model_shape_pass():
+    got = data.check_images(np.zeros((3, 28, 28), np.uint8), shape=(28, 28, 1))
+    assert got.shape == (3, 28, 28, 1)
+    assert data.check_image_shape(np.zeros((2, 4, 5, 3)), (4, 5, 3)).shape == (2, 4, 5, 3)
+    with pytest.raises(ValueError, match="channels-first"):  # 3 channels: no [B, H, W] shortcut
+        data.check_image_shape(np.zeros((2, 3, 4, 5)), (4, 5, 3))

@@ -99,6 +99,25 @@ def test_restore_warns_and_uses_an_older_step_when_the_newest_is_unreadable(tmp_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]  # read only
 
 
+def test_log_prob_uses_the_models_own_pixel_scale():
+    """Without `scale=` a 'centered' model scores x / 255 - 0.5 (a wrong scale once gave
+    silently other numbers); a wrong `scale=` is refused; the model's shape is checked first."""
+    spec = {"kind": "ae", "arch": "mlp", "head": "normal_diag", "latent_dim": 4,
+            "image_shape": [8, 8, 1], "scale": "centered"}  # fmt: skip
+    model = models.build(spec)
+    x = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    xc = x.astype(np.float32) / 255 - 0.5
+    want = objectives.log_prob_fn(graphdef)(params, state, {"image": xc})["log_prob"]
+    got = evaluate.log_prob(model, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(evaluate.log_prob(model, x, scale="centered"), got)
+    with pytest.raises(ValueError, match="trained on 'centered' pixels .*scale='unit'"):
+        evaluate.log_prob(model, x, scale="unit")
+    with pytest.raises(ValueError, match=r"batch axis is missing: pass images\[None\]"):
+        evaluate.log_prob(model, x[0])
+
+
 def test_samples_without_quick_is_a_usage_error(vpae_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(["--run", str(vpae_run[0]), "--samples", "10"])
@@ -118,14 +137,19 @@ def test_evaluate_run_without_fid_needs_no_inception(vpae_run, tmp_path, monkeyp
     result = evaluate.evaluate_run(vpae_run[0], num_samples=N, quick=True, fid=False,
                                    progress=False, out=tmp_path / "eval")  # fmt: skip
     rec = result["reconstruction"]
-    assert set(rec) == {"mse", "psnr_db"} and 0 < rec["mse"] < 0.2
+    assert set(rec) == {"mse", "psnr_db", "num_images"} and 0 < rec["mse"] < 0.2
     assert result["samples"] == {} and "weights_sha256" not in result
     lik = result["likelihood"]
     assert np.isfinite(lik["nats_per_image"])
     assert lik["bits_per_dim"] == pytest.approx(lik["nats_per_image"] / (784 * np.log(2)))
+    assert rec["num_images"] == lik["num_images"] == N  # what each figure is over
     md = (tmp_path / "eval" / "metrics.md").read_text()
     assert "Reconstruction MSE" in md and "| reconstructions |" not in md
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["step"] == 4
+    assert f"dB over {N} test images" in md and f"per dimension over {N} test images" in md
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["step"] == 4
+    # no FID computed: no FID protocol, no sample count in the record or the markdown
+    assert not {"protocol", "num_samples", "quick"} & set(saved) and "Protocol:" not in md
     # the command line's --no-fid: the same numbers
     argv = ["--run", str(vpae_run[0]), "--quick", "--samples", str(N), "--no-fid",
             "--no-progress", "--out", str(tmp_path / "cli")]  # fmt: skip
@@ -146,6 +170,8 @@ def test_evaluate_run_quick_protocol_end_to_end(vpae_run, tmp_path, monkeypatch)
     rec = result["reconstruction"]
     assert 0 < rec["mse"] < 0.2 and rec["psnr_db"] > 0
     assert set(result["samples"]) == {"prior", "gaussian"}
+    for r in [rec, *result["samples"].values()]:  # each FID's images and reference images
+        assert r["num_images"] == r["num_reference"] == N
     for r in [rec, *result["samples"].values()]:
         assert r["fid"] >= 0 and np.isfinite(r["kid"]) and 0 <= r["precision"] <= 1
     # an untrained-for-4-steps model: its samples are far from the data, its NLL finite

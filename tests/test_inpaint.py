@@ -150,7 +150,7 @@ def test_bad_posterior_input_is_named():
 
 def _pae():
     ae = models.build({"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": 4,
-                       "image_shape": [8, 8, 1]})  # fmt: skip
+                       "image_shape": [8, 8, 1], "scale": "centered"})  # fmt: skip
     codes = np.random.default_rng(0).normal(size=(32, 4))
     return pae.build(ae, np.full(64, 0.1, np.float32), codes, flow={"layers": 2, "hidden": 8})
 
@@ -168,8 +168,8 @@ def test_pae_posterior_shapes_and_errors():
     with pytest.raises(ValueError, match="observed pixels"):
         inpaint.pae_posterior(model, np.full((1, *shape), np.nan, np.float32), c,
                               scale="centered", key=jax.random.PRNGKey(0))  # fmt: skip
-    with pytest.raises(ValueError, match="images of shape"):
-        inpaint.pae_posterior(model, np.zeros((1, 28, 28, 1), np.float32), c, scale="centered",
+    with pytest.raises(ValueError, match="model takes"):
+        inpaint.pae_posterior(model, np.zeros((1, 28, 28, 1), np.float32), c,
                               key=jax.random.PRNGKey(0))  # fmt: skip
     unfitted = models.build({**model.spec})
     with pytest.raises(models.NotFittedError, match="inpainting"):
@@ -187,3 +187,31 @@ def test_nuts_reference_matches_the_ppca_posterior():
     assert out["divergences"] == 0 and 0.5 < float(out["acceptance"]) <= 1.0
     np.testing.assert_allclose(u.mean(0), mean, atol=0.15 * sd.max())  # MCMC error, ESS ~ 1000
     np.testing.assert_allclose(u.std(0), sd, rtol=0.1)
+
+
+def test_pae_posterior_checks_pixels_as_everywhere():
+    """uint8 is divided by 255 (the same posterior as its /255 floats); floats in [0, 255] are
+    refused, saying so; noisy observations may stray a few noise stds outside [0, 1]."""
+    model, shape = _pae(), (8, 8, 1)
+    c = inpaint.corruption("left_half", shape)
+    raw = np.random.default_rng(1).integers(0, 256, (2, *shape), dtype=np.uint8)
+    # the shapes of test_pae_posterior_shapes_and_errors: one compilation for both tests
+    kw = dict(key=jax.random.PRNGKey(0), starts=3, steps=5, num_samples=4)
+    as_uint8 = inpaint.pae_posterior(model, raw, c, **kw)
+    as_floats = inpaint.pae_posterior(model, raw / 255.0, c, scale="centered", **kw)
+    np.testing.assert_allclose(as_uint8.map_image, as_floats.map_image, atol=1e-6)
+    np.testing.assert_allclose(as_uint8.post["objective"], as_floats.post["objective"],
+                               rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match=r"out of range \[0, 1\].*\[0, 255\]\?.*uint8"):
+        inpaint.pae_posterior(model, raw.astype(np.float32), c, **kw)
+    noisy = inpaint.corruption("left_half", shape, noise=0.1)
+    strays = np.where(noisy.mask, -0.3, np.nan)[None].repeat(2, 0)  # 3 stds below 0
+    assert inpaint.pae_posterior(model, strays, noisy, **kw).map_image.shape == (2, *shape)
+    with pytest.raises(ValueError, match="noisy ones may stray 6 noise stds"):
+        inpaint.pae_posterior(model, strays - 0.4, noisy, **kw)  # 7 stds below 0
+    with pytest.raises(ValueError, match="out of range"):  # no noise: no slack
+        inpaint.pae_posterior(model, strays, c, **kw)
+    with pytest.raises(ValueError, match="trained on 'centered' pixels"):
+        inpaint.pae_posterior(model, raw, c, scale="unit", **kw)
+    with pytest.raises(ValueError, match=r"batch axis is missing: pass images\[None\]"):
+        inpaint.pae_posterior(model, raw[0], c, **kw)

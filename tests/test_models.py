@@ -146,6 +146,23 @@ def test_earlier_descriptions_still_build():
         assert models.build(spec).spec == spec
 
 
+def test_a_model_carries_its_pixel_scale(case):
+    """'centered' is described (and so saved with checkpoints); 'unit' is left out, so that
+    descriptions of unit models are those written before; the graphdef keeps it too."""
+    name, model = case
+    assert model.scale == "unit" and "scale" not in model.spec
+    centered = models.build(_spec(name, scale="centered"))
+    assert centered.scale == "centered" and centered.spec["scale"] == "centered"
+    assert models.build(centered.spec).scale == "centered"
+    assert nnx.merge(*nnx.split(centered)).scale == "centered"
+    assert centered.preprocess.offset == 0.5 and centered.check_scale(None).offset == 0.5
+    assert centered.check_scale("centered") == centered.preprocess
+    with pytest.raises(ValueError, match="trained on 'centered' pixels .*; scale='unit' does not"):
+        centered.check_scale("unit")
+    with pytest.raises(ValueError, match="scale 'zero_one' is not a pixel scale"):
+        models.build(_spec(name, scale="zero_one"))
+
+
 def test_unknown_kind_and_incomplete_descriptions():
     with pytest.raises(ValueError, match="unknown model kind 'gan'"):
         models.build({"kind": "gan", "image_shape": list(SHAPE)})

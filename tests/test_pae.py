@@ -82,7 +82,7 @@ def test_latent_density_is_eq5_over_the_raw_codes():
 
 
 def test_noise_map_is_the_per_pixel_rms_error():
-    ae = models.build({**_spec(), "kind": "ae"})
+    ae = models.build({**_spec(), "kind": "ae", "scale": "centered"})
     ae.eval()
     x = _images(20)
     xc = np.asarray(jdata.Preprocess("centered")(x))
@@ -161,6 +161,68 @@ def test_unfitted_pae_and_bad_images_are_named(fitted_run):
     for images, message in bad.values():
         with pytest.raises((ValueError, TypeError), match=message):
             pae.score(fitted, images, scale="centered")
+
+
+def test_a_restored_pae_carries_its_pixel_scale(fitted_run):
+    """The run's autoencoder was saved without a scale (as before models knew theirs): it and
+    the PAE built from it get the config's 'centered', so research code passes images only."""
+    workdir, _, ds, _ = fitted_run
+    full, ae = checkpoint.restore_params(workdir), checkpoint.restore_params(workdir, stage=1)
+    assert "scale" not in ae.spec and ae.model.scale == "centered"
+    assert full.spec["scale"] == "centered" and full.model.scale == "centered"
+    m, x = full.model, ds.test.images[:4]
+    own = pae.score(m, x, laplace_scores=False)
+    given = pae.score(m, x, scale="centered", laplace_scores=False)
+    for k in own:
+        np.testing.assert_array_equal(own[k], given[k])
+    np.testing.assert_array_equal(
+        pae.sample(m, jax.random.PRNGKey(0), 3),
+        pae.sample(m, jax.random.PRNGKey(0), 3, scale="centered"),
+    )
+    np.testing.assert_array_equal(pae.encode(ae.model, x), pae.encode(ae.model, x,
+                                  scale="centered"))  # fmt: skip
+    wrong = r"trained on 'centered' pixels .*; scale='unit' does not match"
+    calls = [
+        lambda: pae.score(m, x, scale="unit", laplace_scores=False),
+        lambda: pae.sample(m, jax.random.PRNGKey(0), 2, scale="unit"),
+        lambda: pae.interpolate(m, x[:1], x[1:2], scale="unit"),
+        lambda: pae.encode(m, x, scale="unit"),
+        lambda: pae.noise_map(ae.model, x, scale="unit"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=wrong):
+            call()
+
+
+def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
+    workdir, _, ds, _ = fitted_run
+    ae = checkpoint.restore_params(workdir, stage=1).model
+    hint = (
+        r"plain autoencoder .* latent flow was never fitted: .*python -m experiments\.train "
+        r"--config experiments/configs/pae\.py:K .*fit_flow.* restore the run again"
+    )
+    from jaxae import inpaint
+
+    c = inpaint.corruption("left_half", SHAPE)
+    for use, call in {
+        "scoring": lambda: pae.score(ae, ds.test.images[:2]),
+        "sampling": lambda: pae.sample(ae, jax.random.PRNGKey(0), 2),
+        "inpainting": lambda: inpaint.pae_posterior(ae, ds.test.images[:2], c,
+                                                    key=jax.random.PRNGKey(0)),
+    }.items():  # fmt: skip
+        with pytest.raises(TypeError, match=f"{use} needs a PAE .*{hint}"):
+            call()
+
+
+def test_a_single_or_channels_first_image_is_named(fitted_run):
+    m = checkpoint.restore_params(fitted_run[0]).model
+    x = fitted_run[2].test.images[:3]
+    with pytest.raises(ValueError, match=r"batch axis is missing: pass images\[None\]"):
+        pae.score(m, x[0], laplace_scores=False)
+    with pytest.raises(ValueError, match=r"channels-last .* images\.transpose\(0, 2, 3, 1\)"):
+        pae.encode(m, x.transpose(0, 3, 1, 2))
+    ok = pae.score(m, x[0][None], laplace_scores=False)["eq12"]
+    assert ok.shape == (1,)
 
 
 def test_flow_stage_names_a_k_mismatch_and_missing_validation(fitted_run, tmp_path):

@@ -9,6 +9,7 @@ from PIL import Image
 
 from experiments import pae_ood
 from jaxae import config as jconfig
+from jaxae import data as jdata
 from jaxae import models, plots
 
 
@@ -77,6 +78,35 @@ def test_extra_outlier_files(tmp_path):
     obj = tmp_path / "obj.npz"
     np.savez(obj, images=np.array([None, 1], dtype=object))
     with pytest.raises(ValueError, match="pickle"):  # user files are data, never code
+        pae_ood.load_extra(f"x={obj}")
+
+
+def test_read_npz_refuses_pickles_and_names_the_file(tmp_path):
+    import pickle
+
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.ones((2, 3), np.uint8), labels=np.arange(2))
+    arrays = jdata.read_npz(good, "--extra x")
+    assert sorted(arrays) == ["images", "labels"] and arrays["images"].sum() == 6
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, images=np.array([None, 1], dtype=object))
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"images": 1}))
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "text.npz").write_text("not a zip")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 a truncated archive")
+    cases = {
+        obj: f"{obj} holds an object array 'images' .*refused: user files are data, never code",
+        tmp_path / "pickle.npz": r"is not an .npz archive \(it is a Python pickle\).*refused",
+        tmp_path / "one.npy": r"one.npy is not an .npz archive \(it holds one NumPy array",
+        tmp_path / "text.npz": "text.npz is not an .npz archive",
+        tmp_path / "broken.npz": "broken.npz cannot be read as an .npz archive",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            jdata.read_npz(path, "--extra x")
+    with pytest.raises(FileNotFoundError, match=f"--extra x: no file {tmp_path / 'absent.npz'}"):
+        jdata.read_npz(tmp_path / "absent.npz", "--extra x")
+    with pytest.raises(ValueError, match=f"--extra x: {obj} .*never code"):  # the script's way
         pae_ood.load_extra(f"x={obj}")
 
 

@@ -219,3 +219,18 @@ def test_train_arrays_of_different_lengths(tmp_path):
             train={"image": _images(96), "label": np.zeros(95, np.int32)},
             progress=False,
         )
+
+
+def test_without_a_bar_one_line_per_epoch_is_printed(tmp_path, capsys):
+    """progress=False (`--noprogress`): one flushed line per epoch, not minutes of silence;
+    chunks cut within an epoch (steps_per_call) still give one line, its loss their mean."""
+    config = _config(epochs=2, steps_per_call=2)  # 6 steps per epoch: 3 chunks each
+    result = _fit(tmp_path, "quiet", config, eval_fn=lambda state: {"mse": 0.25})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("epoch 1/2  step 6/12  loss ")
+    assert lines[1].startswith("epoch 2/2  step 12/12  loss ")
+    assert "eval_mse 0.25" in lines[1] and lines[1].endswith("examples/s")
+    second = [x for x in result.history if x["step"] > 6]
+    loss = float(lines[1].split("loss ")[1].split()[0])
+    np.testing.assert_allclose(loss, np.mean([x["loss"] for x in second]), rtol=1e-4)
