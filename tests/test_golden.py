@@ -9,6 +9,13 @@ training images (/ 255, one CPU device), recording each step's loss and the loss
 The losses are recomputed in a child process with one CPU device, as they were made: in this
 suite's four-device process XLA:CPU splits the CNN's convolutions differently and its loss
 drifts in the last bit from step 9 on (run `JAX_NUM_CPU_DEVICES=1 python -m tests.test_golden`).
+
+The last bit also depends on the processor: XLA:CPU vectorises the full-covariance heads' solves
+differently on Intel and AMD hosts. vpae_losses.json was made on an Intel host;
+vpae_losses.AuthenticAMD.json by the same generator at the same commit 078e026 on an AMD EPYC host
+(2026-12-06; the four full-covariance MLP cases differ from Intel's in the last bits, the other 13
+are identical). Each host is held to its own file bit for bit; a processor of another vendor is
+held to the Intel file to 1e-5 relative, since no golden of the old code exists for it.
 """
 
 import json
@@ -18,12 +25,26 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import optax
 import pytest
 
 from jaxae import data, models, objectives, parallel, train
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "vpae_losses.json").read_text())
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":")[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+VENDOR_FILE = GOLDEN_DIR / f"vpae_losses.{_cpu_vendor()}.json"
+EXACT = _cpu_vendor() == "GenuineIntel" or VENDOR_FILE.is_file()
+GOLDEN = json.loads((VENDOR_FILE if VENDOR_FILE.is_file() else GOLDEN_DIR / "vpae_losses.json")
+                    .read_text())  # fmt: skip
 
 
 def _losses(arch, head, k, images):
@@ -74,6 +95,10 @@ def recomputed(fashion_mnist):
 def test_losses_bit_for_bit(case, recomputed):
     want = GOLDEN["cases"][case]["hex"]
     got = recomputed[case]
+    if not EXACT:  # no golden of the old code for this processor: the Intel one, to 1e-5
+        np.testing.assert_allclose([float.fromhex(h) for h in got], GOLDEN["cases"][case]["loss"],
+                                   rtol=1e-5, err_msg=case)  # fmt: skip
+        return
     assert got == want, (case, [float.fromhex(h) for h in got], GOLDEN["cases"][case]["loss"])
 
 
