@@ -77,9 +77,27 @@ class Session(NamedTuple):
     log: callable  # log(message): one line, prefixed with the seconds since the start
 
 
-def start(args) -> Session:
-    """The run and output folders of parsed `args`, and a log that times itself."""
+def runs_root(args, needed=(), hint: str = "") -> Path:
+    """The runs root of parsed `args` (--runs, or the script's default); with --no-train it is
+    checked first: the root, and each ``<root>/<name>`` of `needed`, must be folders, else the
+    script exits naming what is missing (before anything is created), `hint` appended."""
     runs = Path(args.runs or (args.default_runs + ("" if args.cpu else "_paper")))
+    if args.no_train:
+        missing = [runs] if not runs.is_dir() else [runs / n for n in needed]
+        missing = [str(m) for m in missing if not m.is_dir()]
+        if missing:
+            sys.exit(
+                f"error: --no-train uses existing runs, but there is no {', '.join(missing)}: "
+                "pass --runs ROOT, the folder that holds one run folder per model (a symlink to "
+                f"a run works), or leave out --no-train to train them{hint}"
+            )
+    return runs
+
+
+def start(args, needed=(), hint: str = "") -> Session:
+    """The run and output folders of parsed `args`, and a log that times itself. The runs are
+    checked (`runs_root`) before the output folder is made, so a wrong --runs creates nothing."""
+    runs = runs_root(args, needed, hint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -8,7 +8,14 @@ detection on Fashion-MNIST with the PAE's scores, for several latent dimensions 
 The first command writes the committed ``experiments/results/pae_ood_cpu.*``; without --out,
 tables and PNGs go to ``runs/pae_results``. It resumes only runs it made with its own settings
 (`pae_cli.check_owned`: another run stops it, naming the differing fields); ``--no-train``
-uses the runs as they are.
+uses the runs as they are and writes nothing into them.
+
+Your own runs: ``--runs ROOT`` holds one run folder per K named ``k<K>`` (a symlink to a run
+works), and, unless ``--no-baselines``, ``vae_k32`` and ``vpae_t_diag_k10``; ``--ks`` picks the
+K. For example, a PAE trained with ``experiments/configs/pae.py:8,cpu`` in ``runs/mine``:
+
+    mkdir my_runs && ln -s "$PWD/runs/mine" my_runs/k8
+    python -m experiments.pae_ood --cpu --no-train --runs my_runs --ks 8 --no-baselines
 
 In-distribution: the Fashion-MNIST test set. Outliers: the MNIST test set, Omniglot (28 x 28,
 inverted to white on black), and the Fashion-MNIST test images flipped left-right (hflip) and
@@ -29,8 +36,10 @@ ELBO) and the VPAE head with the best test NLL in `experiments/results/vpae_fash
 images of every set. Nothing is tuned on the outliers: every score is used as defined.
 AUROC with 95% percentile-bootstrap intervals (`metrics.auroc_ci`); Figure 5: the ratio of the
 true- to the false-positive rate at a 5% false-negative rate against K, for (a) and (b).
-Scores are cached in ``<runs>/k<K>/ood/<set>.npz``, keyed on the images' bytes and on the
-checkpoint (each stage's step and the weights' sha256); a rerun only computes what is missing.
+Outputs go to ``--out`` (``pae_ood_<cpu|paper>.md``, ``.json`` and PNGs). Scores are cached in
+``<out>/scores/<run name>/<set>.npz`` (never in the run folders), keyed on the images' bytes and
+on the checkpoint (each stage's step and the weights' sha256); a rerun only computes what is
+missing.
 """
 
 from __future__ import annotations
@@ -142,10 +151,11 @@ def cache_settings(restored: checkpoint.Restored, images, **settings) -> dict:
             "kind": restored.spec["kind"], **settings}  # fmt: skip
 
 
-def pae_scores(restored: checkpoint.Restored, run: Path, name: str, images, prof: Profile,
+def pae_scores(restored: checkpoint.Restored, cache: Path, name: str, images, prof: Profile,
                log) -> dict[str, np.ndarray]:  # fmt: skip
-    """The PAE scores of `images` (set `name`) by the PAE `restored` from `run`, cached in
-    ``<run>/ood/<name>.npz`` (`cache_settings`): {score: [N]}, Laplace scores [laplace_n]."""
+    """The PAE scores of `images` (set `name`) by the PAE `restored`, cached in
+    ``<cache>/<name>.npz`` (`cache_settings`; `main` passes ``<out>/scores/<run name>``, never
+    the run folder): {score: [N]}, Laplace scores [laplace_n]."""
     scale = restored.config.data.scale
     settings = cache_settings(restored, images, laplace_n=prof.laplace_n,
                               map_steps=prof.map_steps)  # fmt: skip
@@ -156,25 +166,25 @@ def pae_scores(restored: checkpoint.Restored, run: Path, name: str, images, prof
         n = min(prof.laplace_n, len(images))
         lap = pae.score(restored.model, images[:n], scale=scale, map_steps=prof.map_steps)
         out.update({k: v for k, v in lap.items() if k in LAPLACE or k.startswith("map_")})
-        log(f"  {run.name} {name}: {len(images)} images ({n} with Laplace) in "
+        log(f"  {cache.name} {name}: {len(images)} images ({n} with Laplace) in "
             f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
         return out
 
-    return _cached(run / "ood" / f"{name}.npz", settings, compute)
+    return _cached(cache / f"{name}.npz", settings, compute)
 
 
-def nll_scores(restored: checkpoint.Restored, run: Path, name: str, images,
+def nll_scores(restored: checkpoint.Restored, cache: Path, name: str, images,
                log) -> dict[str, np.ndarray]:  # fmt: skip
-    """{'log_prob': [N]} of `images` under the likelihood model `restored` from `run`, cached
-    like `pae_scores`."""
+    """{'log_prob': [N]} of `images` under the likelihood model `restored`, cached in
+    ``<cache>/<name>.npz`` like `pae_scores`."""
     settings = cache_settings(restored, images)
 
     def compute():
         lp = evaluate.log_prob(restored.model, images, scale=restored.config.data.scale)
-        log(f"  {run.name} {name}: NLL of {len(images)} images")
+        log(f"  {cache.name} {name}: NLL of {len(images)} images")
         return {"log_prob": lp}
 
-    return _cached(run / "ood" / f"{name}.npz", settings, compute)
+    return _cached(cache / f"{name}.npz", settings, compute)
 
 
 def fpr_ratio(inlier_outlierness, outlier_outlierness, fnr: float = 0.05) -> float:
@@ -278,19 +288,21 @@ def main(argv=None) -> dict:
     prof = Profile(args.cpu)
     prof.ks = pae_cli.ks(args.ks, prof.ks)
     prof.laplace_n = args.laplace_n or prof.laplace_n
-    runs, out, log = pae_cli.start(args)
-
+    trained = {f"k{k}": prof.pae(k) for k in prof.ks}
+    if not args.no_baselines:
+        trained.update(vae_k32=prof.vae(), vpae_t_diag_k10=prof.vpae())
+    # The runs and the data are checked before --out is made: a failed start creates nothing.
+    hint = "" if args.no_baselines else " (--no-baselines: the PAE runs k<K> alone)"
+    pae_cli.runs_root(args, trained, hint)
     try:
         extras = [load_extra(e) for e in args.extra]
         sets = datasets(args.data_dir, extras)
     except (ValueError, FileNotFoundError, TypeError) as e:
         sys.exit(f"error: {e}")
     outliers = [s for s in sets if s != "fashion_mnist"]
+    runs, out, log = pae_cli.start(args, trained, hint)
 
     # --- Train (or resume) every model it owns; each run folder resumes on its own.
-    trained = {f"k{k}": prof.pae(k) for k in prof.ks}
-    if not args.no_baselines:
-        trained.update(vae_k32=prof.vae(), vpae_t_diag_k10=prof.vpae())
     pae_cli.train(trained, runs, args, log)
 
     # --- Scores and AUROCs.
@@ -299,7 +311,9 @@ def main(argv=None) -> dict:
     for k in prof.ks:
         run = runs / f"k{k}"
         restored = pae_cli.restore(run)
-        scores = {s: pae_scores(restored, run, s, images, prof, log) for s, images in sets.items()}
+        cache = out / "scores" / run.name
+        scores = {s: pae_scores(restored, cache, s, images, prof, log)
+                  for s, images in sets.items()}  # fmt: skip
         for score in PAE_SCORES:
             inl = -scores["fashion_mnist"][score]
             row = {"label": LABELS[score], "score": score, "k": k, "n": len(inl), "auroc": {},
@@ -320,7 +334,7 @@ def main(argv=None) -> dict:
                                    ("vpae_t_diag_k10", "VPAE t_diag K=10 NLL", 32)):  # fmt: skip
             run = runs / run_name
             restored = pae_cli.restore(run)
-            lp = {s: nll_scores(restored, run, s, images, log)["log_prob"]
+            lp = {s: nll_scores(restored, out / "scores" / run_name, s, images, log)["log_prob"]
                   for s, images in sets.items()}  # fmt: skip
             row = {"label": label, "score": run_name, "k": k, "n": len(lp["fashion_mnist"]),
                    "auroc": {s: metrics.auroc_ci(-lp["fashion_mnist"], -lp[s], n_boot=prof.n_boot)

@@ -157,11 +157,28 @@ def unknown_override(argv) -> str | None:
     return None
 
 
+def config_file_error(error: Exception) -> ValueError | None:
+    """The ValueError a config file's ``get_config(arg)`` raised (a bad ``--config file:arg``),
+    found under the errors absl and ml_collections wrap it in, or None for any other error."""
+    if "Error whilst parsing config file" not in str(error):
+        return None
+    while error.__context__ is not None and not error.__suppress_context__:
+        error = error.__context__
+    return error if isinstance(error, ValueError) else None
+
+
 def parse_flags(argv):
     """`app.run`'s flag parsing, with a misspelt config override (``--config.trainig.epochs=1``)
-    reported in one line naming the closest field, and exit status 2 (a usage error)."""
+    reported in one line naming the closest field, and exit status 2 (a usage error); so is a
+    config file's refusal of its argument (``pae.py:eight``)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        cause = config_file_error(e)
+        if cause is None:
+            return app.parse_flags_with_usage(argv)  # absl's usual message and exit status
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)
     except (KeyError, AttributeError):
         # ml_collections raises these from its override parsing (`config_flags`' _ConfigFlag
         # parse) for a field the config lacks, as a 55-line traceback.

@@ -26,7 +26,9 @@ import dataclasses
 import gzip
 import io
 import os
+import socket
 import sys
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -53,6 +55,13 @@ _IDX_FILES = {
 }
 _OMNIGLOT_ZIPS = {"train": "images_background_small1.zip", "test": "images_background_small2.zip"}
 _OMNIGLOT_TFDS_SPLITS = {"train": "small1", "test": "small2"}
+# The host each tensorflow-datasets builder downloads its files from (its _URL), checked before a
+# download: offline, tfds would retry each URL for minutes before it fails.
+_TFDS_HOSTS = {
+    "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+    "mnist": "storage.googleapis.com",
+    "omniglot": "github.com",
+}
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -121,6 +130,10 @@ def check_image_shape(images, shape, name: str = "images") -> np.ndarray:
     elif x.shape == (c, h, w):
         fix = ("one channels-first [C, H, W] image; jaxae takes channels-last batches "
                "[B, H, W, C]: pass images.transpose(1, 2, 0)[None]")  # fmt: skip
+    if fix is None and x.ndim == 4:
+        fix = (f"the images must be like the data the model was trained on ({h}x{w} pixels, "
+               f"{c} channel{'s' if c > 1 else ''}): resize or convert them, or train a model "
+               "on these images")  # fmt: skip
     message = f"{name}: an array of shape {list(x.shape)}, but the model takes {want}"
     raise ValueError(message if fix is None else f"{message}: {fix}")
 
@@ -163,7 +176,15 @@ def check_images(images, name: str = "images", shape=None) -> np.ndarray:
             raise ValueError(f"{name}: {n_nan} NaN and {n_inf} inf pixels")
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
-            raise ValueError(f"{name}: float pixels out of range [0, 1]: min {lo}, max {hi}")
+            fix = ("jaxae takes uint8 in [0, 255] or floats in [0, 1] and applies the model's "
+                   "own pixel scale itself, so do not centre or normalise the images")  # fmt: skip
+            if lo >= 0 and hi <= 255:
+                fix += "; these look like [0, 255] values: divide them by 255"
+            elif lo >= -0.5 and hi <= 0.5:
+                fix += "; these look centred to [-0.5, 0.5]: add 0.5"
+            raise ValueError(
+                f"{name}: float pixels out of range [0, 1]: min {lo}, max {hi}. Fix: {fix}"
+            )
         return x.astype(np.float32, copy=False)
     if x.dtype != np.uint8:
         lo, hi = int(x.min()), int(x.max())
@@ -347,12 +368,52 @@ def _read_dir(name: str, split: str, folder: Path, where: str) -> Split:
     return from_arrays(*arrays, name=where)._replace(files=tuple(os.path.abspath(p) for p in paths))
 
 
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within about ``timeout`` seconds.
+
+    The name lookup has no timeout of its own (a dead resolver can block for long), so the probe
+    runs in a daemon thread that is abandoned after ``2 * timeout``.
+    """
+    opened = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(2 * timeout)
+    return bool(opened)
+
+
 def _read_tfds(name: str, split: str, where: str) -> Split:
-    """Reads one split through tensorflow-datasets; ``files`` names the tfds data set."""
+    """Reads one split through tensorflow-datasets; ``files`` names the tfds data set.
+
+    Reads what tfds has prepared (``download=False``) first; downloads only when the host of the
+    files answers, so that an offline machine fails in seconds, not after minutes of retries.
+
+    Raises:
+      ConnectionError: tfds has not prepared the data set and its download host is unreachable.
+      ImportError, and whatever tfds raises: the caller reports it with the other places tried.
+    """
     import tensorflow_datasets as tfds  # optional, and slow to import
 
     tfds_split = _OMNIGLOT_TFDS_SPLITS[split] if name == "omniglot" else split
-    data = tfds.as_numpy(tfds.load(name, split=tfds_split, batch_size=-1, as_supervised=False))
+    kwargs = dict(split=tfds_split, batch_size=-1, as_supervised=False)
+    try:
+        loaded = tfds.load(name, download=False, **kwargs)
+    except Exception:  # not prepared in the tfds data folder (tfds raises AssertionError)
+        host = _TFDS_HOSTS[name]
+        if not _reachable(host):
+            raise ConnectionError(
+                f"not prepared in the tfds data folder, and {host} (where tfds downloads "
+                f"{name} from) cannot be reached: no network, so no download was tried"
+            ) from None
+        loaded = tfds.load(name, download=True, **kwargs)
+    data = tfds.as_numpy(loaded)
     images, labels = np.asarray(data["image"]), np.asarray(data["label"])
     if name == "omniglot":  # RGB 105x105 black-on-white; labels renumbered 0..C-1 in order
         images = np.stack([_omniglot_28(Image.fromarray(im)) for im in images])
@@ -371,7 +432,11 @@ def _fix_hint(name: str) -> str:
     hint = f"set JAXAE_DATA_DIR (or pass data_dir=) to {_good_folder(name)}"
     if name == "fashion_mnist":
         hint = f"sudo apt-get install dataset-fashion-mnist, or {hint}"
-    return hint
+    return (
+        f"{hint}. A folder given so is the only place searched, for every data set: it must hold "
+        "each data set the run needs (fashion_mnist in 'fashion-mnist/', mnist in 'mnist/', "
+        "omniglot in 'omniglot/'). Set JAXAE_NO_TFDS=1 to skip the tensorflow-datasets fallback"
+    )
 
 
 def _load_from_user_dir(name: str, split: str, user_dir, source: str) -> Split:
@@ -422,7 +487,8 @@ def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = 
 
     With ``data_dir`` (else ``$JAXAE_DATA_DIR``, when set and not empty), looks only there and in
     its sub-folder for the data set, and raises if the files are not there. Otherwise tries, in
-    order, the folders of ``known_dirs(name)`` and tensorflow-datasets.
+    order, the folders of ``known_dirs(name)`` and tensorflow-datasets (what it has prepared;
+    else a download, tried only when the download host answers within seconds).
 
     Args:
       name: one of ``DATASETS``.

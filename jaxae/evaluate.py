@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -370,7 +371,12 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     """The command line, ``python -m jaxae.evaluate --run RUN [--quick] [--no-fid]``: `evaluate_run`
-    on a run folder; returns its result."""
+    on a run folder; returns its result.
+
+    Raises:
+      SystemExit: 2, after one ``error: ...`` line on stderr, for bad arguments, a missing run,
+        an unreadable checkpoint or bad input (no traceback: the message says what to fix).
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (holds checkpoints/)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} samples, marked as such")
@@ -392,17 +398,21 @@ def main(argv=None) -> dict:
     if "JAX_NUM_CPU_DEVICES" not in os.environ:  # Inception on CPU: one device per core, 1.18x
         jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
     n = args.samples or (QUICK_COUNT if args.quick else STANDARD_COUNT)
-    result = evaluate_run(
-        args.run,
-        num_samples=n,
-        quick=args.quick,
-        data_dir=args.data_dir,
-        weights=args.weights,
-        seed=args.seed,
-        progress=not args.no_progress,
-        out=args.out,
-        fid=not args.no_fid,
-    )
+    try:
+        result = evaluate_run(
+            args.run,
+            num_samples=n,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            weights=args.weights,
+            seed=args.seed,
+            progress=not args.no_progress,
+            out=args.out,
+            fid=not args.no_fid,
+        )
+    except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(markdown(result))
     return result
 

@@ -87,8 +87,16 @@ class Model(nnx.Module):
         """`preprocess`, after checking a caller's `scale` (None: the model's own) against it.
 
         Raises:
-          ValueError: `scale` is given and is not the scale the model was trained on.
+          ValueError: `scale` is not one of `jaxae.config.SCALES`, or is given and is not the
+            scale the model was trained on.
         """
+        if scale is not None and scale not in jconfig.SCALES:
+            known = ", ".join(map(repr, jconfig.SCALES))
+            raise ValueError(
+                f"unknown pixel scale {scale!r}: the scales are {known} "
+                f"(jaxae.config.SCALES); this model was trained on {self.scale!r}, so leave scale "
+                "out (None: the model's own)"
+            )
         if scale is not None and scale != self.scale:
             ranges = {"unit": "[0, 1]", "centered": "[-0.5, 0.5]"}
             raise ValueError(

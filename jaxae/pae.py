@@ -145,6 +145,9 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
     flow = {k: f[k] for k in ("kind", "layers", "hidden", "blocks", "bins")}
     model = build(ae.model, sigma, codes["train"], flow=flow, seed=config.training.seed)
     graphdef, params, model_state = objectives.split(model, train=False)
+    if not progress and jax.process_index() == 0:  # without a progress bar, mark the stage
+        print(f"flow stage: fitting {model.flow_spec['kind']} on {len(codes['train'])} codes of "
+              f"the autoencoder at step {ae.step} -> {workdir / 'stage2'}", flush=True)  # fmt: skip
 
     def nll(params, model_state, batch, key):
         del key
@@ -212,7 +215,9 @@ def require_fitted(model, use: str) -> None:
         what = f"got a {type(model).__name__} (model kind {getattr(model, 'kind', '?')!r})"
         if type(model) is models.Autoencoder:  # a PAE run's first stage, or an AE run
             what = (f"this is a plain autoencoder ({type(model).__name__}, kind {model.kind!r}) "
-                    f"whose latent flow was never fitted: {models.FIT_FLOW_HINT}")  # fmt: skip
+                    "whose latent flow was never fitted, or restored with stage=1: restore the "
+                    "run without stage= for the PAE (`jaxae.checkpoint.restore_params(run)`); "
+                    f"if its flow was never fitted, {models.FIT_FLOW_HINT}")  # fmt: skip
         raise TypeError(f"{use} needs a PAE (models.PAE); {what}")
     model.check_fitted(use)
     model.eval()

@@ -216,6 +216,72 @@ def test_not_found_records_tfds_failure(monkeypatch, no_known_dirs):
     assert "Fix: set JAXAE_DATA_DIR (or pass data_dir=)" in str(e.value)
 
 
+class _FakeTfds:
+    """tensorflow_datasets' `load` / `as_numpy`: `prepared` data sets load without a download;
+    every call is recorded."""
+
+    def __init__(self, prepared=()):
+        self.prepared, self.calls = set(prepared), []
+
+    def load(self, name, *, split, download=True, **kwargs):
+        self.calls.append((name, split, download))
+        if name not in self.prepared and not download:
+            raise AssertionError(f"Dataset {name}: could not find data in ~/tensorflow_datasets")
+        if name not in self.prepared:
+            raise AssertionError("the download was tried")
+        return {"image": np.full((3, 28, 28, 1), 7, np.uint8), "label": np.arange(3)}
+
+    def as_numpy(self, tree):
+        return tree
+
+
+def test_tfds_fallback_fails_fast_offline(monkeypatch, no_known_dirs):
+    """Offline, tfds retried its download for 3.5 minutes (30 urllib3 lines) before failing."""
+    fake, probed = _FakeTfds(), []
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.setattr(data, "_reachable", lambda host: probed.append(host) or False)
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load_raw("mnist", "train", allow_tfds=True)
+    assert fake.calls == [("mnist", "train", False)]  # the download was never called
+    assert probed == ["storage.googleapis.com"]
+    msg = str(info.value)
+    assert (
+        "tensorflow-datasets: ConnectionError: not prepared in the tfds data folder, and "
+        "storage.googleapis.com (where tfds downloads mnist from) cannot be reached" in msg
+    )
+    assert f"{no_known_dirs[0]}: no such folder" in msg  # every place tried is still listed
+    assert "Set JAXAE_NO_TFDS=1 to skip the tensorflow-datasets fallback" in msg
+    assert "it must hold each data set the run needs (fashion_mnist in 'fashion-mnist/'" in msg
+
+
+def test_tfds_fallback_reads_prepared_data_and_downloads_when_online(monkeypatch, no_known_dirs):
+    monkeypatch.setattr(data, "_reachable", lambda host: pytest.fail("no probe when prepared"))
+    fake = _FakeTfds(prepared={"mnist"})
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    split = data.load_raw("mnist", "test", allow_tfds=True)
+    assert split.images.shape == (3, 28, 28, 1)
+    assert split.files == ("tensorflow-datasets:mnist/test",)
+    assert fake.calls == [("mnist", "test", False)]
+    # Online and not prepared: the download is tried (here it fails, and is reported).
+    fake = _FakeTfds()
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.setattr(data, "_reachable", lambda host: True)
+    with pytest.raises(data.DatasetNotFoundError, match="AssertionError: the download was tried"):
+        data.load_raw("fashion_mnist", "test", allow_tfds=True)
+    assert fake.calls == [("fashion_mnist", "test", False), ("fashion_mnist", "test", True)]
+
+
+def test_reachable_probes_a_port_with_a_timeout():
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert data._reachable("127.0.0.1", port, timeout=1.0)
+    assert not data._reachable("127.0.0.1", port, timeout=1.0)  # closed now: refused
+
+
 def test_omniglot_zip_labels_and_inversion(tmp_path, no_known_dirs):
     black_on_white = Image.fromarray(np.full((105, 105), 255, np.uint8))
     with zipfile.ZipFile(tmp_path / "images_background_small1.zip", "w") as z:
@@ -408,6 +474,26 @@ def test_float_out_of_range():
         data.check_images(x)
 
 
+@pytest.mark.parametrize(
+    "lo, hi, fix",
+    [
+        (-0.5, 0.5, "these look centred to \\[-0.5, 0.5\\]: add 0.5"),
+        (0.0, 255.0, "these look like \\[0, 255\\] values: divide them by 255"),
+        (-3.0, 7.0, ", so do not centre or normalise the images$"),
+    ],
+)
+def test_float_out_of_range_says_what_to_do(lo, hi, fix):
+    """A user pre-centred the images: the error said only that they were out of range."""
+    x = np.linspace(lo, hi, 32).reshape(2, 4, 4)
+    want = (
+        rf"images: float pixels out of range \[0, 1\]: min {lo}, max {hi}\. Fix: jaxae takes "
+        r"uint8 in \[0, 255\] or floats in \[0, 1\] and applies the model's own pixel scale "
+        rf"itself.*{fix}"
+    )
+    with pytest.raises(ValueError, match=want):
+        data.check_images(x)
+
+
 def test_empty():
     with pytest.raises(ValueError, match=r"empty data set.*\(N == 0\)"):
         data.from_arrays(np.zeros((0, 28, 28), np.uint8))
@@ -431,7 +517,10 @@ def test_unknown_name():
         ((5, 1, 28, 28), r"channels-first.*channels-last \[B, H, W, C\]: pass "
                          r"images\.transpose\(0, 2, 3, 1\)"),
         ((5, 8, 8, 1), r"shape \[5, 8, 8, 1\], but the model takes \[B, H, W, C\] = "
-                       r"\[B, 28, 28, 1\]$"),
+                       r"\[B, 28, 28, 1\]: the images must be like the data the model was "
+                       r"trained on \(28x28 pixels, 1 channel\): resize or convert them, or "
+                       r"train a model on these images$"),
+        ((4, 32, 32, 3), r"shape \[4, 32, 32, 3\], but .*\[B, 28, 28, 1\]: .*resize or convert"),
     ],
 )  # fmt: skip
 def test_images_of_another_shape_than_the_model_say_how_to_fix_them(shape, message):

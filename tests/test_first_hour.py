@@ -102,3 +102,76 @@ def test_a_run_restores_with_its_pixel_scale(tmp_path, saved_scale):
     np.testing.assert_array_equal(codes, pae.encode(restored.model, images[:4], scale="centered"))
     with pytest.raises(ValueError, match="trained on 'centered' pixels"):
         pae.encode(restored.model, images[:4], scale="unit")
+
+
+def test_a_misspelt_pixel_scale_names_the_scales():
+    """`check_scale('centred')` said only "does not match"."""
+    m = models.build({"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": 4,
+                      "image_shape": list(SHAPE), "scale": "centered"})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown pixel scale 'centred': the scales are 'unit', "
+                       r"'centered' \(jaxae\.config\.SCALES\)"):  # fmt: skip
+        m.check_scale("centred")
+    assert jconfig.SCALES == ("unit", "centered")
+    with pytest.raises(ValueError, match="scale='unit' does not match"):  # a known other scale
+        m.check_scale("unit")
+    assert m.check_scale("centered").offset == 0.5
+
+
+@pytest.mark.parametrize("missing", ["run", "checkpoints"])
+def test_evaluate_on_a_missing_run_is_one_line_and_exit_status_2(tmp_path, capsys, missing):
+    """`python -m jaxae.evaluate --run runs/nope` ended in a FileNotFoundError traceback."""
+    from jaxae import evaluate
+
+    run = tmp_path / "nope"
+    if missing == "checkpoints":
+        run.mkdir()
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--run", str(run), "--no-fid", "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(run) in err[0], err
+
+
+@pytest.mark.parametrize(
+    "config, arg, form",
+    [
+        ("pae", "eight", r"K\[,cpu\]"),
+        ("pae", "0,cpu", r"K\[,cpu\]"),
+        ("pae_ae", "eight", "K"),
+        ("pae_vae", "eight,100,15", r"K\[,BETA,C\]"),
+    ],
+)
+def test_a_bad_config_argument_says_its_form(config, arg, form):
+    """`--config experiments/configs/pae.py:eight` ended in "invalid literal for int()"."""
+    import importlib
+
+    get_config = importlib.import_module(f"experiments.configs.{config}").get_config
+    with pytest.raises(ValueError, match=rf"{config}\.py:{arg}: the argument is {form}, with K "
+                       r"\(the latent dimension\) a positive integer, got K = '"):  # fmt: skip
+        get_config(arg)
+
+
+def test_pae_vae_arguments():
+    from experiments.configs import pae_vae
+
+    c = pae_vae.get_config("16,100,15")
+    assert (c.model.latent_dim, c.model.beta, c.model.capacity) == (16, 100.0, 15.0)
+    c = pae_vae.get_config("16")
+    assert (c.model.latent_dim, c.model.beta, c.model.capacity) == (16, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"K\[,BETA,C\] \(K alone, or K, BETA and C\), got 2"):
+        pae_vae.get_config("16,100")  # read as C = 1 before
+    with pytest.raises(ValueError, match="with BETA and C numbers, got BETA = 'x'"):
+        pae_vae.get_config("16,x,15")
+
+
+def test_a_bad_config_argument_is_one_line_and_exit_status_2(tmp_path):
+    """The train command printed absl's "FATAL Flags parsing error" and a traceback."""
+    cmd = [sys.executable, "-m", "experiments.train", "--config",
+           "experiments/configs/pae.py:eight", "--workdir", str(tmp_path / "run")]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: pae.py:eight: the argument is K[,cpu], with K (the latent dimension) a positive "
+        "integer, got K = 'eight'; e.g. --config experiments/configs/pae.py:32"
+    ]
+    assert not (tmp_path / "run").exists()

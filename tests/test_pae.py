@@ -198,8 +198,10 @@ def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
     workdir, _, ds, _ = fitted_run
     ae = checkpoint.restore_params(workdir, stage=1).model
     hint = (
-        r"plain autoencoder .* latent flow was never fitted: .*python -m experiments\.train "
-        r"--config experiments/configs/pae\.py:K .*fit_flow.* restore the run again"
+        r"plain autoencoder .* latent flow was never fitted, or restored with stage=1: restore "
+        r"the run without stage= for the PAE .*; if its flow was never fitted, fit it with "
+        r"`python -m experiments\.train --config experiments/configs/pae\.py:K .*fit_flow.* "
+        r"restore the run again"
     )
     from jaxae import inpaint
 
@@ -212,6 +214,18 @@ def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
     }.items():  # fmt: skip
         with pytest.raises(TypeError, match=f"{use} needs a PAE .*{hint}"):
             call()
+
+
+def test_flow_stage_is_marked_without_a_progress_bar(fitted_run, capsys):
+    """`experiments.train --noprogress` printed nothing when the flow stage started."""
+    workdir, config, ds, _ = fitted_run
+    pae.fit_flow(config, workdir, dataset=ds, progress=False)  # resumes the finished stage
+    step = checkpoint.restore_params(workdir, stage=1).step
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"flow stage: fitting realnvp on {len(ds.train.images)} codes of the autoencoder at step "
+        f"{step} -> {workdir / 'stage2'}"
+    ]
 
 
 def test_a_single_or_channels_first_image_is_named(fitted_run):

@@ -5,7 +5,8 @@ autoencoder checkpoint it was fitted on; training the autoencoder further is ref
 ``experiments/train.py``, keeps the depended-on step whatever ``keep_checkpoints`` says, and
 makes restoring the whole PAE a `StageMismatchError`. The scripts train only runs they made
 (`pae_cli.check_owned`), write the exact command, and key their score caches on the images and
-the checkpoint.
+the checkpoint; `pae_ood` keeps its cache under --out, never in a run folder, and with
+--no-train and missing runs it stops before creating anything.
 """
 
 import re
@@ -157,7 +158,12 @@ def test_pae_ood_writes_its_command_and_keys_its_cache_on_the_images(fitted, tmp
     out = tmp_path / "out"
     argv = ["--cpu", "--ks", "4", "--no-baselines", "--no-train", "--laplace-n", "3",
             "--runs", str(runs), "--out", str(out), "--extra", f"x={extra}"]  # fmt: skip
+    before = _listing(runs)
     pae_ood.main(argv)
+    assert _listing(runs) == before  # nothing written into the user's run folders
+    assert sorted(p.name for p in (out / "scores" / "k4").iterdir()) == sorted(
+        f"{s}.npz" for s in sets
+    )  # the cache is under --out
     md = (out / "pae_ood_cpu.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("Command: "))
     assert line == f"Command: `{shlex.join(['python', '-m', 'experiments.pae_ood', *argv])}`"
@@ -168,6 +174,27 @@ def test_pae_ood_writes_its_command_and_keys_its_cache_on_the_images(fitted, tmp
     sets["mnist"] = _images(40, 8)  # same name, same size, other images
     pae_ood.main(argv)
     assert calls[10:] == [40, 3]  # only that set is scored again
+
+
+def _listing(folder):
+    """Every path under `folder` with its size and modification time."""
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_pae_ood_no_train_with_missing_runs_creates_nothing(fitted, tmp_path, monkeypatch):
+    monkeypatch.setattr(pae_ood, "datasets", lambda data_dir, extras: {"fashion_mnist": None})
+    out = tmp_path / "out"
+    argv = ["--cpu", "--ks", "4,8", "--no-baselines", "--no-train", "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"--no-train .* no .*nowhere.*--runs ROOT"):
+        pae_ood.main([*argv, "--runs", str(tmp_path / "nowhere")])
+    runs = tmp_path / "runs"
+    _copy(fitted, runs, "k4")
+    with pytest.raises(SystemExit, match=r"no [^ ]*k8: .*symlink") as e:
+        pae_ood.main([*argv, "--runs", str(runs)])
+    assert "k4" not in str(e.value)
+    with pytest.raises(SystemExit, match=r"vae_k32, .*vpae_t_diag_k10.*--no-baselines"):
+        pae_ood.main([*argv[:3], *argv[4:], "--runs", str(runs)])
+    assert not out.exists()
 
 
 def test_pae_ood_leaves_a_run_of_other_settings_untouched(fitted, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from experiments.configs import pae_ae
 
 def get_config(arg="32"):
     k, *profile = (arg or "32").split(",")
-    c = pae_ae.get_config(k)
+    c = pae_ae.get_config(str(pae_ae.latent_dim(k, arg, "pae.py", "K[,cpu]")))
     c.flow.epochs, c.flow.patience = 300, 20
     if profile == ["cpu"]:
         c.training.epochs, c.training.keep_checkpoints = 3, 1

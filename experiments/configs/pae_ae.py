@@ -19,8 +19,35 @@ test MSE 0.0099 per pixel; the paper's full-run numbers are in its Table 1.
 from jaxae import config
 
 
+def latent_dim(k: str, arg: str, config: str, form: str = "K") -> int:
+    """K from a config file's argument.
+
+    Args:
+      k: the K part of the argument, e.g. '32'.
+      arg: the whole argument, for the message.
+      config: the config file's name, e.g. 'pae.py'.
+      form: what the argument looks like, e.g. 'K[,cpu]'.
+
+    Returns:
+      K, a positive int.
+
+    Raises:
+      ValueError: K is not a positive integer, saying the form of the argument.
+    """
+    try:
+        value = int(k)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"{config}:{arg}: the argument is {form}, with K (the latent dimension) a positive "
+            f"integer, got K = {k!r}; e.g. --config experiments/configs/{config}:32"
+        )
+    return value
+
+
 def get_config(arg="32"):
-    k = int(arg) if arg else 32
+    k = latent_dim(arg, arg, "pae_ae.py") if arg else 32
     c = config.default()
     c.data.scale = "centered"
     c.data.dequantize = True

@@ -18,8 +18,21 @@ from experiments.configs import pae_ae
 
 
 def get_config(arg="32"):
-    k, beta, capacity = ((arg or "32").split(",") + ["1", "0"])[:3]
-    c = pae_ae.get_config(k)
+    form = "K[,BETA,C]"
+    parts = (arg or "32").split(",")
+    if len(parts) not in (1, 3):
+        raise ValueError(
+            f"pae_vae.py:{arg}: the argument is {form} (K alone, or K, BETA and C), got "
+            f"{len(parts)} values; e.g. --config experiments/configs/pae_vae.py:32,100,15"
+        )
+    k, beta, capacity = (parts + ["1", "0"])[:3]
+    c = pae_ae.get_config(str(pae_ae.latent_dim(k, arg, "pae_vae.py", form)))
+    try:
+        c.model.beta, c.model.capacity = float(beta), float(capacity)
+    except ValueError:
+        raise ValueError(
+            f"pae_vae.py:{arg}: the argument is {form}, with BETA and C numbers, got BETA = "
+            f"{beta!r}, C = {capacity!r}; e.g. --config experiments/configs/pae_vae.py:32,100,15"
+        ) from None
     c.model.kind, c.model.head = "vae", "vae"
-    c.model.beta, c.model.capacity = float(beta), float(capacity)
     return c
