@@ -88,10 +88,11 @@ def on_config(config):
 
 
 def result_files() -> list[Path]:
-    """The committed result files the site shows: PNGs of experiments/results and its figures/,
-    its tables (*.md) and the results notes (README.md)."""
-    pngs = sorted(RESULTS.glob("*.png")) + sorted((RESULTS / "figures").glob("*.png"))
-    return pngs + sorted(RESULTS.glob("*.md"))
+    """The committed result files the site shows: PNGs of experiments/results and of its
+    sub-folders (figures/, an example's --out folder), their tables (*.md) and the results notes
+    (README.md)."""
+    pngs = sorted(RESULTS.glob("*.png")) + sorted(RESULTS.glob("*/*.png"))
+    return pngs + sorted(RESULTS.glob("*.md")) + sorted(RESULTS.glob("*/*.md"))
 
 
 def missing_api_pages(src_uris) -> list[str]:
