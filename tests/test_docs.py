@@ -158,13 +158,9 @@ def test_every_jaxae_module_has_an_api_page():
 @pytest.fixture(scope="module")
 def ran(fashion_mnist):
     """{'page:i': 'ok' or the error} from running every marked example in a child process."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.test_docs"], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    from _child import last_json_line  # tests/: on the path under pytest only
+
+    return last_json_line("tests.test_docs")
 
 
 def test_every_python_example_of_the_pages_is_run_somewhere():

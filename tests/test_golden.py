@@ -19,9 +19,6 @@ held to the Intel file to 1e-5 relative, since no golden of the old code exists 
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -81,14 +78,9 @@ def main():
 
 @pytest.fixture(scope="module")
 def recomputed(fashion_mnist):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
-    root = Path(__file__).parent.parent
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.test_golden"], env=env, cwd=root, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    from _child import last_json_line  # tests/: on the path under pytest only
+
+    return last_json_line("tests.test_golden", devices=1)
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN["cases"]))

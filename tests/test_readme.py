@@ -7,10 +7,7 @@ asynchronous all-reduce steps can starve XLA:CPU's collectives here.
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +20,9 @@ NEW_MODEL = [i for i, code in enumerate(BLOCKS) if "@models.register" in code]
 @pytest.fixture(scope="module")
 def ran(fashion_mnist):
     """{block index: 'ok' or the error} from running every example block in a child."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.test_readme"], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return {int(k): v for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+    from _child import last_json_line  # tests/: on the path under pytest only
+
+    return {int(k): v for k, v in last_json_line("tests.test_readme").items()}
 
 
 def test_the_readme_has_its_examples():
