@@ -14,8 +14,8 @@ Your own runs: ``--runs ROOT`` holds one run folder per K named ``k<K>`` (a syml
 works), and, unless ``--no-baselines``, ``vae_k32`` and ``vpae_t_diag_k10``; ``--ks`` picks the
 K. For example, a PAE trained with ``experiments/configs/pae.py:8,cpu`` in ``runs/mine``:
 
-    mkdir my_runs && ln -s "$PWD/runs/mine" my_runs/k8
-    python -m experiments.pae_ood --cpu --no-train --runs my_runs --ks 8 --no-baselines
+    mkdir -p runs/my_runs && ln -s "$PWD/runs/mine" runs/my_runs/k8
+    python -m experiments.pae_ood --cpu --no-train --runs runs/my_runs --ks 8 --no-baselines
 
 In-distribution: the Fashion-MNIST test set. Outliers: the MNIST test set, Omniglot (28 x 28,
 inverted to white on black), and the Fashion-MNIST test images flipped left-right (hflip) and
@@ -352,15 +352,22 @@ def main(argv=None) -> dict:
         "AUROC [95% bootstrap interval], Fashion-MNIST test set (in-distribution) against each "
         f"outlier set; {prof.n_boot} bootstrap replicates. Scores (c) and (d) use the first "
         f"{prof.laplace_n} images of every set (the `n` column) and {prof.map_steps} L-BFGS "
-        "steps for the MAP of Eq. 9. The VPAE baseline's K is its mixture size, 10; it is listed "
-        "under K=32 with the VAE (both are one model each, not per K).",
+        "steps for the MAP of Eq. 9."
+        + (
+            ""
+            if args.no_baselines
+            else " The VPAE baseline's K is its mixture size, 10; it is "
+            "listed under K=32 with the VAE (both are one model each, not per K)."
+        ),
         "",
         table(rows, outliers),
         "",
         f"Figure 5: `{name}_fig5.png` (TPR/FPR at 5% FNR against K, log scale) and "
         f"`{name}_fig5_recon.png` (8 MNIST test images, then their reconstructions by the AE "
         f"at K = {', '.join(map(str, prof.ks))}, one row each). ROC curves: `{name}_roc.png` "
-        f"(per outlier set: (a) at K={min(prof.ks)}, (b) at K={max(prof.ks)} and the baselines).",
+        f"(per outlier set: (a) at K={min(prof.ks)}, (b) at K={max(prof.ks)}"
+        + ("" if args.no_baselines else " and the baselines")
+        + ").",
         "",
     ]
     (out / f"{name}.md").write_text("\n".join(md))

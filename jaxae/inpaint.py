@@ -251,14 +251,29 @@ def _sample(u, prec, weights, key, n):
 
 
 class Result(NamedTuple):
-    """`pae_posterior`'s output for a batch of B corrupted images (pixels in [0, 1])."""
+    """`pae_posterior`'s output for a batch of B corrupted images; every image is in [0, 1]
+    pixel units, clipped to [0, 1].
 
-    post: dict  # `posterior`'s dict ([B, S] per start)
-    map_image: np.ndarray  # [B, H, W, C]: G(u') of the best mode
-    samples: np.ndarray  # [B, num_samples, H, W, C]: G(u) of mixture draws
-    mean: np.ndarray  # [B, H, W, C]: the samples' mean
-    std: np.ndarray  # [B, H, W, C]: the samples' per-pixel std
-    num_modes: np.ndarray  # [B] distinct modes
+    Attributes:
+      post: `posterior`'s dict, per image and start [B, S, ...]: the modes 'u', their
+        'objective', 'log_evidence', 'distinct', mixture 'weights', Laplace 'precision' and the
+        optimiser's report ('converged', 'grad_norm', 'steps', 'gauss_newton').
+      map_image: [B, H, W, C] the decoded image G(u') of the best mode (the MAP), every pixel as
+        the model draws it: the observed pixels are not pasted back (``np.where(mask, x, map)``
+        does that).
+      samples: [B, num_samples, H, W, C] G(u) of draws u from the Laplace mixture.
+      mean: [B, H, W, C] the samples' mean (the posterior mean image).
+      std: [B, H, W, C] the samples' per-pixel standard deviation (the posterior's spread of
+        G(u), without the pixel noise sigma), in [0, 1] pixel units.
+      num_modes: [B] the number of distinct modes found per image.
+    """
+
+    post: dict
+    map_image: np.ndarray
+    samples: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    num_modes: np.ndarray
 
 
 @jax.jit

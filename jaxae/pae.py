@@ -212,7 +212,11 @@ def require_fitted(model, use: str) -> None:
       models.NotFittedError: a PAE whose second stage has not been fitted.
     """
     if not isinstance(model, models.PAE):
-        what = f"got a {type(model).__name__} (model kind {getattr(model, 'kind', '?')!r})"
+        what = f"got a {type(model).__name__}"
+        if hasattr(model, "kind"):
+            what += f" (model kind {model.kind!r})"
+        if hasattr(model, "model") and hasattr(model, "spec"):  # a checkpoint.Restored
+            what += ": pass its .model (`checkpoint.restore_params(run).model`)"
         if type(model) is models.Autoencoder:  # a PAE run's first stage, or an AE run
             what = (f"this is a plain autoencoder ({type(model).__name__}, kind {model.kind!r}) "
                     "whose latent flow was never fitted, or restored with stage=1: restore the "
@@ -281,7 +285,19 @@ def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int
     f(x)), 'latent_density' (b, log p(f(x)), the paper's "PAE density"), 'eq12' (Eq. 12 at
     f(x)) and, with `laplace_scores`, 'eq12_map' (c, Eq. 12 at the MAP z' of Eq. 9, reached by
     `map_steps` optimiser steps from f(x)), 'log_evidence' (d, Eq. 11 at z') and the MAP's
-    report ('map_converged', 'map_grad_norm', 'map_steps').
+    report ('map_objective': the value of Eq. 9's objective at z', 'map_converged',
+    'map_grad_norm', 'map_steps').
+
+    Args:
+      model: a fitted `models.PAE` (`checkpoint.restore_params(run).model`).
+      images: uint8 [B, H, W, C] (or [B, H, W]), or floats in [0, 1]; the model's pixel scale is
+        applied here.
+      scale: leave out (the model's own); a different value raises.
+      map_steps: optimiser steps of the MAP of Eq. 9, for (c) and (d).
+      batch_size: images per jitted call of the Laplace scores.
+      laplace_scores: False: only (a), (b) and Eq. 12 at f(x), without any optimisation.
+      progress: None, or a callable ``progress(done, total)`` called after each batch of the
+        Laplace scores (e.g. to print or update a bar).
     """
     require_fitted(model, "scoring")
     x = _inputs(model, images, scale)
@@ -316,8 +332,10 @@ def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int
 def sample(model: models.PAE, key, n: int, *, scale: str | None = None) -> np.ndarray:
     """n images drawn from the PAE (Eq. 6: x = g(b^-1(u)), u ~ N(0, I)): [n, H, W, C] in [0, 1]."""
     require_fitted(model, "sampling")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"sample: n is the number of images to draw, an integer >= 1; got {n!r}")
     offset = model.check_scale(scale).offset
-    z = np.asarray(model.sample_codes(key, n))
+    z = np.asarray(model.sample_codes(key, int(n)))
     return _map(lambda m, zb: jnp.clip(m.point(m.decode(zb))[0] + offset, 0.0, 1.0), model, z)
 
 

@@ -340,6 +340,9 @@ def _draw_curves(ax, lines: list[dict], metric: str, title: str) -> None:
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
     ax.set(title=title, xlabel="epoch", ylabel=metric)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5 ticks on short runs
     ax.legend()
 
 

@@ -216,6 +216,18 @@ def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
             call()
 
 
+def test_a_restored_run_or_a_bad_count_is_named(fitted_run):
+    """Passing `restore_params(run)` itself, or n = 0, gave cryptic errors (a '?' model kind;
+    "map() missing 1 required positional argument")."""
+    workdir, _, ds, _ = fitted_run
+    restored = checkpoint.restore_params(workdir)
+    with pytest.raises(TypeError, match=r"got a Restored: pass its \.model"):
+        pae.score(restored, ds.test.images[:2])
+    for n in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="n is the number of images to draw"):
+            pae.sample(restored.model, jax.random.PRNGKey(0), n)
+
+
 def test_flow_stage_is_marked_without_a_progress_bar(fitted_run, capsys):
     """`experiments.train --noprogress` printed nothing when the flow stage started."""
     workdir, config, ds, _ = fitted_run
