@@ -17,24 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (8, 8, 1)
 
 
-def test_a_misspelt_config_override_is_one_line_and_exit_status_2(tmp_path):
-    """`python -m experiments.train` printed a 55-line ml_collections traceback."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        "--config",
-        "experiments/configs/demo.py",
-        "--config.trainig.epochs=1",
-        "--workdir",
-        str(tmp_path / "run"),
-    ]
+@pytest.mark.parametrize(
+    "config_args, line",
+    [
+        # a misspelt override: ml_collections printed a 55-line traceback
+        (["experiments/configs/demo.py", "--config.trainig.epochs=1"],
+         "error: unknown config field 'trainig.epochs': did you mean 'training.epochs'? "
+         "(all fields: jaxae.config.default())"),
+        # a config file refusing its argument: absl's "FATAL Flags parsing error" and a traceback
+        (["experiments/configs/pae.py:eight"],
+         "error: pae.py:eight: the argument is K[,cpu], with K (the latent dimension) a positive "
+         "integer, got K = 'eight'; e.g. --config experiments/configs/pae.py:32"),
+    ],
+)  # fmt: skip
+def test_a_bad_config_is_one_line_and_exit_status_2(tmp_path, config_args, line):
+    """`python -m experiments.train` with a bad config: one line, exit status 2, no run folder."""
+    cmd = [sys.executable, "-m", "experiments.train", "--config", *config_args, "--workdir",
+           str(tmp_path / "run")]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [
-        "error: unknown config field 'trainig.epochs': did you mean 'training.epochs'? "
-        "(all fields: jaxae.config.default())"
-    ]
+    assert out.stderr.strip().splitlines() == [line]
     assert not (tmp_path / "run").exists()
 
 
@@ -162,16 +164,3 @@ def test_pae_vae_arguments():
         pae_vae.get_config("16,100")  # read as C = 1 before
     with pytest.raises(ValueError, match="with BETA and C numbers, got BETA = 'x'"):
         pae_vae.get_config("16,x,15")
-
-
-def test_a_bad_config_argument_is_one_line_and_exit_status_2(tmp_path):
-    """The train command printed absl's "FATAL Flags parsing error" and a traceback."""
-    cmd = [sys.executable, "-m", "experiments.train", "--config",
-           "experiments/configs/pae.py:eight", "--workdir", str(tmp_path / "run")]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [
-        "error: pae.py:eight: the argument is K[,cpu], with K (the latent dimension) a positive "
-        "integer, got K = 'eight'; e.g. --config experiments/configs/pae.py:32"
-    ]
-    assert not (tmp_path / "run").exists()
