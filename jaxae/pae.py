@@ -301,9 +301,6 @@ def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int
     """
     require_fitted(model, "scoring")
     x = _inputs(model, images, scale)
-    decode, flow, sigma = functions(model)
-    xf = x.reshape(len(x), -1)
-    z0 = _map(lambda m, xb: m.encode(xb), model, x, BATCH)
     if not laplace_scores:
 
         def cheap(m, xb):
@@ -317,6 +314,9 @@ def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int
 
         out = _map(cheap, model, x, BATCH)
         return {k: v.astype(np.float64) for k, v in out.items()}
+    decode, flow, sigma = functions(model)
+    xf = x.reshape(len(x), -1)
+    z0 = _map(lambda m, xb: m.encode(xb), model, x, BATCH)  # the MAP's start f(x)
     out: dict[str, list] = {}
     for i in range(0, len(x), batch_size):
         r = laplace.scores(decode, flow, sigma, xf[i : i + batch_size], z0[i : i + batch_size],
