@@ -5,7 +5,10 @@
         --config.training.epochs=2 --workdir runs/t_diag
 
 `--config FILE[:ARG]` names a Python file whose ``get_config(ARG)`` returns the run's config
-(`jaxae.config`); ``--config.<section>.<field>=value`` overrides any field. Running it again in
+(`jaxae.config`); ``--config.<section>.<field>=value`` overrides any field, the settings of the
+model's kind included (a config of ``config.default('wae')``: ``--config.wae.weight=5``). The
+model trains as it declares (`jaxae.train.model_update`: its parameter groups, e.g. a critic
+with its own optimizer and steps). Running it again in
 the same workdir resumes; a larger ``training.epochs`` extends the run. Writes
 ``<workdir>/metrics.jsonl``, ``checkpoints/`` (orbax), ``summary.json`` (test metrics) and
 ``reconstructions.png`` (test images above their reconstructions), then ``curves.png`` (the
@@ -66,14 +69,18 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         )
 
     # --- Model, objective, update.
-    # The model, and so its checkpoints, carry the pixel scale (`models.Model.scale`).
+    # The model, and so its checkpoints, carry the pixel scale (`models.Model.scale`) and the
+    # settings of its kind (the config section named after it, `models.Model.settings`).
     spec = {**config.model.to_dict(), "image_shape": list(ds.train.images.shape[1:]),
             "scale": dc.scale}  # fmt: skip
+    if config.model.kind in config:
+        spec["settings"] = config[config.model.kind].to_dict()
     model = models.build({**spec, "seed": tc.seed}, force=False)
     graphdef, params, model_state = objectives.split(model, train=True)
     eval_graphdef = objectives.split(model, train=False)[0]
-    optimizer = train.make_optimizer(config.optimizer, len(ds.train.images) // tc.batch_size)
-    update = train.single(objectives.loss_fn(graphdef), optimizer)
+    # The model's own parameter groups: one loss and optimizer, or (a critic) one per group.
+    steps_per_epoch = len(ds.train.images) // tc.batch_size
+    update = train.model_update(model, graphdef, config.optimizer, steps_per_epoch)
     eval_loss = objectives.loss_fn(eval_graphdef)
 
     def prepare(batch, key):
@@ -120,7 +127,7 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         "resumed_from": result.resumed_from,
         "devices": mesh.devices.size,
         "backend": jax.default_backend(),
-        "train_loss_last": history[-1]["loss"] if history else None,
+        "train_loss_last": _train_loss(history[-1]) if history else None,
         "test": test,
         "fit_seconds": seconds,
         "examples_per_s_last": history[-1]["examples_per_s"] if history else None,
@@ -139,6 +146,14 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     return summary
 
 
+def _train_loss(line: dict):
+    """The last logged training loss: a number, or for a model trained in parameter groups
+    {group: its loss} (their sum would mean nothing: a critic's loss opposes the model's)."""
+    if "loss" in line:
+        return line["loss"]
+    return {k.removesuffix("/loss"): v for k, v in line.items() if k.endswith("/loss")}
+
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (resumed if it holds checkpoints)")
 flags.DEFINE_string("data_dir", None, "folder with the dataset files (else the usual places)")
@@ -147,9 +162,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def unknown_override(argv) -> str | None:
-    """The first ``--config.<field>`` override of `argv` naming a field the configs lack (every
-    config has `jaxae.config.default()`'s fields: `validate` refuses others), or None."""
-    known = {*jconfig.flatten(jconfig.default()), *jconfig.default()}
+    """The first ``--config.<field>`` override of `argv` naming a field no config has
+    (`jaxae.config.known_fields`: `default()`'s, and every registered model kind's settings),
+    or None."""
+    known = set(jconfig.known_fields())
     for arg in argv:
         m = re.match(r"--?(?:no)?config\.([^=]+)", arg)
         if m and m.group(1) not in known:

@@ -582,7 +582,7 @@ def restore_params(run_dir, step: int | None = None, *, stage: int | None = None
                 meta = ckpt.read_meta(s)
                 if "model" not in meta:
                     raise CheckpointError(f"step {s} has no model description in its meta")
-                config = jconfig.from_dict(meta["config"])
+                config = jconfig.from_dict(meta["config"], module=meta["model"].get("module"))
                 stage_steps = _stage_steps(run_dir, stages, index, s, meta)
                 # descriptions saved before models knew their pixel scale: the run's
                 model = models.build({"scale": config.data.scale, **meta["model"]})

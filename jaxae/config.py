@@ -2,10 +2,13 @@
 
 Sections: ``data`` (which images and how they are preprocessed), ``model`` (the description
 `jaxae.models.build` takes, less the image shape), ``optimizer`` and ``training`` (batch, budget,
-checkpoints). `default()` gives every field; experiment files under `experiments/configs/`
-override some (``get_config()``), and the command line overrides any (``--config.x.y=...``).
-`validate` raises a ValueError naming the first bad field. Checkpoints save ``to_dict()``;
-resuming compares every field but the budget and loop settings in `RESUMABLE`.
+checkpoints), ``flow`` (the PAE's second stage), and for a model kind with settings of its own
+(`jaxae.models.Model.settings`) a section named after the kind: ``default('wae')`` has
+``wae.weight``... `default(kind)` gives every field; experiment files under
+`experiments/configs/` override some (``get_config()``), and the command line overrides any
+(``--config.x.y=...``). `validate` raises a ValueError naming the first bad field. Checkpoints
+save ``to_dict()``; resuming compares every field, the kind's section included, but the budget
+and loop settings in `RESUMABLE`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from jaxae import heads, nets
 
 SCALES = ("unit", "centered")
 OPTIMIZERS = ("adam",)
+# The sections every config has; a model kind with settings adds one named after the kind.
+SECTIONS = ("data", "model", "optimizer", "training", "flow")
 # Settings that may change between a run and its resumption: they set the budget and the loop,
 # not the trajectory. Any other difference refuses to resume.
 RESUMABLE = (
@@ -45,8 +50,17 @@ RESUMABLE = (
 )
 
 
-def default() -> ml_collections.ConfigDict:
-    """Every field with its default: the 784-32-784 MLP autoencoder on Fashion-MNIST."""
+def default(kind: str | None = None) -> ml_collections.ConfigDict:
+    """Every field with its default: the 784-32-784 MLP autoencoder on Fashion-MNIST.
+
+    With a `kind` (`jaxae.models.KINDS`), ``model.kind`` is `kind`, and a kind whose class
+    declares settings (`jaxae.models.Model.settings`) gets them in a section named after it:
+    ``default('wae').wae`` is ``{weight: 10.0, kernel_scale: 1.0}``, overridden on the command
+    line as ``--config.wae.weight=5``.
+
+    Raises:
+      ValueError: `kind` is not a registered model kind (naming what to import).
+    """
     c = ml_collections.ConfigDict()
     c.data = dict(
         dataset="fashion_mnist",  # a name known to `jaxae.data`
@@ -63,12 +77,15 @@ def default() -> ml_collections.ConfigDict:
         latent_dim=32,
         beta=1.0,  # the VAE's beta-VAE weight (PAE paper Eq. 15); 1 with capacity 0: plain VAE
         capacity=0.0,  # the beta-VAE's target KL C in nats (Eq. 15)
+        width=0,  # channel width of the convolutional archs; 0: the architecture's default
     )
     c.optimizer = dict(
         name="adam",
         learning_rate=1e-3,
         decay_epochs=(),  # epochs at which the rate is multiplied by decay_factor
         decay_factor=0.1,
+        b1=0.9,  # Adam's beta_1 (decay of the first moment); GMM-DAE: 0.5
+        b2=0.999,  # Adam's beta_2 (decay of the second moment)
     )
     c.training = dict(
         batch_size=128,  # global, split over all devices
@@ -90,56 +107,186 @@ def default() -> ml_collections.ConfigDict:
         learning_rate=1e-3,  # Adam
         patience=10,  # early stopping: epochs without a better validation NLL
     )
+    if kind is not None:
+        from jaxae import models  # here: models imports this module (SCALES)
+
+        if kind not in models.KINDS:
+            raise ValueError(f"config.default({kind!r}): {models.not_registered(kind)}")
+        c.model.kind = kind
+        if models.KINDS[kind].settings:
+            c[kind] = dict(models.KINDS[kind].settings)
     return c
 
 
 def make(**sections) -> ml_collections.ConfigDict:
-    """`default()` with some fields replaced, validated: ``make(training=dict(epochs=2))``."""
-    config = default()
+    """`default()` with some fields replaced, validated: ``make(training=dict(epochs=2))``; with
+    ``model=dict(kind=...)``, `default(kind)`'s, so that the kind's section may be given too."""
+    kind = sections.get("model", {}).get("kind")
+    if kind is not None and kind not in _kinds():
+        raise ValueError(_unregistered(kind))
+    config = default(kind)
     for name, fields in sections.items():
         if name not in config:
+            if name in _kinds():
+                raise ValueError(_other_kind_section(name, config.model.kind))
             raise ValueError(f"unknown config section {name!r}: expected one of {list(config)}")
         for key, value in fields.items():
             if key not in config[name]:
-                raise ValueError(f"unknown config field {name}.{key}: see jaxae.config.default()")
+                raise ValueError(
+                    f"unknown config field {name}.{key}{_closest(f'{name}.{key}')}: see "
+                    f"jaxae.config.default({'' if kind is None else repr(kind)})"
+                )
             config[name][key] = value
     return validate(config)
 
 
 def flatten(config) -> dict[str, Any]:
-    """{'training.batch_size': 128, ...} from a ConfigDict or its ``to_dict()``."""
+    """{'training.batch_size': 128, ...} from a ConfigDict or its ``to_dict()``: every section,
+    the model kind's own included (``'wae.weight'``)."""
     d = config.to_dict() if hasattr(config, "to_dict") else config
     return {f"{s}.{k}": v for s, fields in d.items() for k, v in fields.items()}
 
 
+def _kinds() -> dict:
+    from jaxae import models  # here: models imports this module (SCALES)
+
+    return models.KINDS
+
+
+def _unregistered(kind, module: str | None = None) -> str:
+    from jaxae import models
+
+    return f"config model.kind={kind!r}: {models.not_registered(kind, module)}"
+
+
+def known_fields() -> list[str]:
+    """Every config section and field: `default()`'s, and the section and fields of every
+    registered model kind with settings (``'wae'``, ``'wae.weight'``...)."""
+    known = [*flatten(default()), *default()]
+    for kind, cls in _kinds().items():
+        if cls.settings:
+            known += [kind, *(f"{kind}.{k}" for k in cls.settings)]
+    return known
+
+
+def _closest(field: str) -> str:
+    close = difflib.get_close_matches(field, known_fields(), n=1)
+    return f": did you mean {close[0]!r}?" if close else ""
+
+
 def unknown_field(field: str) -> str:
     """One line for a misspelt config field ('trainig.epochs'), naming the closest valid field
-    or section (`difflib.get_close_matches` over `flatten(default())`)."""
-    known = [*flatten(default()), *default()]
-    close = difflib.get_close_matches(field, known, n=1)
-    hint = f": did you mean {close[0]!r}?" if close else ""
-    return f"unknown config field {field!r}{hint} (all fields: jaxae.config.default())"
+    or section (`difflib.get_close_matches` over `known_fields`: every registered model kind's
+    settings included)."""
+    return f"unknown config field {field!r}{_closest(field)} (all fields: jaxae.config.default())"
 
 
-def validate(config) -> ml_collections.ConfigDict:
-    """The config itself, or a ValueError naming the first field out of range."""
-    flat = flatten(config)
-    known = flatten(default())
+def _other_kind_section(section: str, kind) -> str:
+    return (
+        f"config section {section!r} holds the settings of model kind {section!r}, but "
+        f"model.kind={kind!r}: remove the section, or build the config with "
+        f"jaxae.config.default({section!r})"
+    )
+
+
+def check_optimizer(opt, where: str = "config optimizer") -> None:
+    """Raise a ValueError naming the first bad field of an ``optimizer`` section (a mapping;
+    `where` names the section in the message, e.g. a parameter group's overrides)."""
+
+    def bad(key, why):
+        raise ValueError(f"{where}.{key}={opt[key]!r}: {why}")
+
+    if opt["name"] not in OPTIMIZERS:
+        bad("name", f"must be one of {', '.join(OPTIMIZERS)}")
+    for key in ("learning_rate", "decay_factor"):
+        v = opt[key]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):
+            bad(key, "must be a finite number > 0")
+    for key in ("b1", "b2"):  # Adam's decay rates: 0 or 1 would stop averaging or never forget
+        v = opt[key]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < 1:
+            bad(key, "must be a number in (0, 1) (Adam's beta)")
+    if not all(_is_int(e) and e > 0 for e in opt["decay_epochs"]):
+        bad("decay_epochs", "must be positive integers")
+
+
+def _same_type(value, default) -> bool:
+    """Whether a setting's `value` has the type of its `default` (a float accepts an int)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_int(value)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        scalar = (bool, int, float, str)
+        return isinstance(value, tuple | list) and all(isinstance(v, scalar) for v in value)
+    return isinstance(value, type(default))
+
+
+def _check_kind_section(d: dict, kind: str, settings: dict) -> None:
+    """The section of the model kind `kind` holds exactly its settings, each of its type."""
+    for section in d:
+        if section in SECTIONS or (section == kind and settings):
+            continue
+        if section in _kinds():
+            raise ValueError(_other_kind_section(section, kind))
+        raise ValueError(unknown_field(section))
+    if not settings:
+        return
+    if kind not in d:
+        raise ValueError(
+            f"config: model.kind={kind!r} has settings {list(settings)}, but the config has no "
+            f"section {kind!r}: build the config with jaxae.config.default({kind!r})"
+        )
+    fields = d[kind]
+    unknown = sorted(set(fields) - set(settings))
+    if unknown:
+        raise ValueError(unknown_field(f"{kind}.{unknown[0]}"))
+    missing = [k for k in settings if k not in fields]
+    if missing:
+        raise ValueError(
+            f"config section {kind!r} lacks {missing}: build the config with "
+            f"jaxae.config.default({kind!r}), which has every setting of model kind {kind!r}"
+        )
+    for key, default_value in settings.items():
+        if not _same_type(fields[key], default_value):
+            raise ValueError(
+                f"config {kind}.{key}={fields[key]!r}: must be a {type(default_value).__name__} "
+                f"like its default {default_value!r} (model kind {kind!r})"
+            )
+
+
+def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
+    """The config itself, or a ValueError naming the first field out of range.
+
+    `module`: the module that registers the config's model kind, when known (a checkpoint's
+    model description names it), for the message about an unregistered kind; never imported.
+    """
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    kinds = _kinds()
+    kind = d.get("model", {}).get("kind")
+    if kind not in kinds:
+        raise ValueError(_unregistered(kind, module))
+    settings = kinds[kind].settings
+    _check_kind_section(d, kind, settings)
+    flat = flatten(d)
+    known = flatten(default(kind))
     unknown = sorted(set(flat) - set(known))
     if unknown:
-        raise ValueError(f"unknown config fields {unknown}: see jaxae.config.default()")
+        others = f" (and {unknown[1:]})" if len(unknown) > 1 else ""
+        raise ValueError(unknown_field(unknown[0]) + others)
+    missing = [k for k in known if k not in flat]
+    if missing:
+        raise ValueError(f"config lacks fields {missing}: start from jaxae.config.default()")
 
     def bad(field, why):
         raise ValueError(f"config {field}={flat[field]!r}: {why}")
 
-    from jaxae import models  # here: models imports this module (SCALES)
-
     for field, choices in (
         ("data.scale", SCALES),
-        ("model.kind", tuple(models.KINDS)),
         ("model.arch", tuple(nets.ARCHS)),
         ("model.head", heads.HEADS),
-        ("optimizer.name", OPTIMIZERS),
     ):
         if flat[field] not in choices:
             bad(field, f"must be one of {', '.join(choices)}")
@@ -153,20 +300,19 @@ def validate(config) -> ml_collections.ConfigDict:
     for field in (*positive, "training.keep_checkpoints"):
         if not _is_int(flat[field]) or flat[field] < 1:
             bad(field, "must be a positive integer")
-    counts = ("data.val_size", "training.seed", "training.steps_per_call", "flow.epochs")
+    counts = ("data.val_size", "training.seed", "training.steps_per_call", "flow.epochs",
+              "model.width")  # fmt: skip
     for field in (*counts, "training.checkpoint_every", "training.max_steps"):
         if not _is_int(flat[field]) or flat[field] < 0:
             bad(field, "must be a non-negative integer")
-    for field in ("optimizer.learning_rate", "optimizer.decay_factor", "flow.learning_rate"):
-        v = flat[field]
-        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):
-            bad(field, "must be a finite number > 0")
+    check_optimizer(d["optimizer"])
+    v = flat["flow.learning_rate"]
+    if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):
+        bad("flow.learning_rate", "must be a finite number > 0")
     if not isinstance(flat["model.beta"], int | float) or not flat["model.beta"] > 0:
         bad("model.beta", "must be a number > 0")
     if not isinstance(flat["model.capacity"], int | float) or not flat["model.capacity"] >= 0:
         bad("model.capacity", "must be a number >= 0")
-    if not all(_is_int(e) and e > 0 for e in flat["optimizer.decay_epochs"]):
-        bad("optimizer.decay_epochs", "must be positive integers")
     return config
 
 
@@ -191,18 +337,36 @@ _LEGACY = {
 }
 
 
-def from_dict(d: dict) -> ml_collections.ConfigDict:
-    """A config from ``to_dict()`` as saved in a checkpoint, or from an earlier flat one."""
-    config = default()
+def from_dict(d: dict, *, module: str | None = None) -> ml_collections.ConfigDict:
+    """A config from ``to_dict()`` as saved in a checkpoint, or from an earlier flat one.
+
+    Built on `default(kind)` of the saved ``model.kind``, so a checkpoint saved before its
+    kind had settings (no section) loads with the kind's defaults. `module`: the module that
+    registers the kind (a checkpoint's model description's ``"module"``), named, never
+    imported, when the kind is not registered.
+    """
     if "training" not in d:  # the flat TrainConfig of earlier releases
         unknown = sorted(set(d) - set(_LEGACY))
         if unknown:
             raise ValueError(f"unknown config fields {unknown} in a saved flat config")
         d = _legacy_sections(d)
+    kind = d.get("model", {}).get("kind", "ae")
+    if kind not in _kinds():
+        raise ValueError(_unregistered(kind, module))
+    config = default(kind)
+
+    def as_tuple(v):  # JSON saved the tuples as lists
+        return tuple(map(as_tuple, v)) if isinstance(v, list | tuple) else v
+
     for section, fields in d.items():
+        if section not in config:
+            config[section] = {}  # `validate` names it: another kind's section, or unknown
         for key, value in fields.items():
-            config[section][key] = tuple(value) if isinstance(value, list) else value
-    return validate(config)
+            try:
+                config[section][key] = as_tuple(value)
+            except TypeError as e:  # ConfigDict refuses a value of another type than the default
+                raise ValueError(f"config {section}.{key}={value!r}: {e}") from None
+    return validate(config, module=module)
 
 
 def _legacy_sections(flat: dict) -> dict:

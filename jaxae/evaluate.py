@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxae import checkpoint, inception, metrics, objectives, parallel
+from jaxae import checkpoint, inception, metrics, objectives, parallel, priors
 from jaxae import data as jdata
 
 STANDARD_COUNT = 10_000
@@ -210,23 +210,34 @@ def _unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 255.0
 
 
-def samplers(fns: Functions, train_images, pad_to_32: bool = False, model=None) -> dict:
+def samplers(
+    fns: Functions, train_images, pad_to_32: bool = False, model=None, run_dir=None, restored=None
+) -> dict:
     """name -> (key, n) -> codes [n, d], for the latent-code samplers the model supports:
-    'prior' (N(0, I)), 'gaussian' (a Gaussian fitted to the training codes) and, for a model
-    with a fitted latent density (the PAE), 'flow' (its ``sample_codes``, Eq. 6)."""
+    'prior' (the model's own prior, `prior_sample`: N(0, I) unless it has another, e.g. the
+    GMM-DAE's mixture), 'gaussian' (a Gaussian fitted to the training codes), for a model with a
+    fitted latent density (the PAE) 'flow' (its ``sample_codes``, Eq. 6), and every sampler
+    fitted into the run folder (`fit_sampler`: ``<run>/samplers/<name>``)."""
     if fns.decode is None or train_images is None:
         return {}
     fitted = getattr(model, "fitted", None)
     latent = {}
     if hasattr(model, "sample_codes") and fitted is not None and int(fitted[...]):
         latent["flow"] = lambda key, n: np.asarray(model.sample_codes(key, n))
+    if run_dir is not None:
+        for name in fitted_samplers(run_dir):
+            sampler = load_sampler(run_dir, name, restored)
+            latent[name] = lambda key, n, s=sampler: np.asarray(s.sample(key, n), np.float32)
     if pad_to_32:
         train_images = jdata.pad32(train_images)
     codes = _batched(fns.encode, _unit(train_images)).astype(np.float64)
     mean, cov = codes.mean(0), np.cov(codes, rowvar=False)
     chol = np.linalg.cholesky(cov + 1e-6 * np.eye(len(mean)) * max(np.trace(cov) / len(mean), 1))
+    own = getattr(model, "prior_sample", None)
 
     def prior(key, n):
+        if own is not None:
+            return np.asarray(own(key, n), np.float32)
         return np.asarray(jax.random.normal(key, (n, fns.latent_dim)))
 
     def gaussian(key, n):
@@ -234,6 +245,98 @@ def samplers(fns: Functions, train_images, pad_to_32: bool = False, model=None) 
         return (mean + eps @ chol.T).astype(np.float32)
 
     return {"prior": prior, "gaussian": gaussian, **latent}
+
+
+# --- ex-post samplers fitted into a run folder -------------------------------------------------
+
+SAMPLER_DIR = "samplers"  # <run>/samplers/<name>: a `jaxae.priors` sampler and fitted_on.json
+
+
+class SamplerNotFittedError(ValueError):
+    """A sampler asked of a run that has none of that name fitted (or one fitted on another
+    checkpoint of the run)."""
+
+
+def fitted_samplers(run_dir) -> list[str]:
+    """The names of the samplers fitted into a run folder (`fit_sampler`), sorted."""
+    folder = Path(run_dir) / SAMPLER_DIR
+    return sorted(p.name for p in folder.glob("*") if (p / priors.SPEC_FILE).is_file())
+
+
+def _fit_hint(run_dir, name: str) -> str:
+    return f"`python -m jaxae.evaluate --run {run_dir} --fit-sampler {name}`"
+
+
+def fit_sampler(
+    run_dir, name: str, *, seed: int = 0, data_dir=None, restored=None, **options
+) -> priors.Sampler:
+    """Fit the ex-post sampler `name` (`jaxae.priors.SAMPLERS`: gaussian, gmm, flow, vae) to the
+    codes of the run's training images, early-stopped (flow, vae) on its validation images'
+    codes (else 10% of the training codes), and save it in ``<run>/samplers/<name>`` with the
+    checkpoint it was fitted on (step and fingerprint); `load_sampler` and `samplers` read it.
+
+    The training split is the run's own (`config.data`: dataset, val_size, pad_to_32, seed), so
+    the sampler never sees the run's validation or test images. `options` go to
+    `jaxae.priors.fit` (e.g. ``components=10`` for 'gmm').
+
+    Raises:
+      ValueError: an unknown sampler or option; a model without vector codes (the VPAE CNN); a
+        PAE asked for 'flow' (its own latent flow is that sampler already).
+    """
+    if name not in priors.SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: the samplers fitted to codes are "
+                         f"{sorted(priors.SAMPLERS)} ('prior' is the model's own)")  # fmt: skip
+    restored = restored or restore(run_dir)
+    if name == "flow" and hasattr(restored.model, "sample_codes"):
+        raise ValueError(f"{run_dir} is a PAE: its own latent flow is its 'flow' sampler")
+    fns = functions(restored)
+    if fns.encode is None:
+        raise ValueError(f"{run_dir}: the model's code is not a vector: it has no sampler")
+    dc, tc = restored.config.data, restored.config.training
+    ds = jdata.load(dc.dataset, data_dir=data_dir, val_size=dc.val_size, pad_to_32=dc.pad_to_32,
+                    seed=tc.seed)  # fmt: skip
+    codes = _batched(fns.encode, _unit(ds.train.images))
+    val = None if ds.val is None else _batched(fns.encode, _unit(ds.val.images))
+    sampler = priors.fit(name, codes, key=jax.random.PRNGKey(seed), val_codes=val, **options)
+    stages = checkpoint.stage_dirs(run_dir)
+    fitted_on = checkpoint.stage_record(stages[-1], restored.step, stage=len(stages),
+                                        name="model")  # fmt: skip
+    folder = sampler.save(Path(run_dir) / SAMPLER_DIR / name)
+    (folder / "fitted_on.json").write_text(json.dumps(
+        {**fitted_on, "seed": seed, "options": options, "num_codes": len(codes)}, indent=2
+    ) + "\n")  # fmt: skip
+    return sampler
+
+
+def load_sampler(run_dir, name: str, restored=None) -> priors.Sampler:
+    """The sampler `fit_sampler` saved in a run folder, checked against the run's checkpoint.
+
+    Raises:
+      SamplerNotFittedError: the run has no sampler `name`, or it was fitted on another
+        checkpoint than the one `restored` (default: the newest) holds; the message says how to
+        fit it.
+    """
+    folder = Path(run_dir) / SAMPLER_DIR / name
+    if not (folder / priors.SPEC_FILE).is_file():
+        have = fitted_samplers(run_dir)
+        raise SamplerNotFittedError(
+            f"{run_dir} has no fitted {name!r} sampler (fitted: {', '.join(have) or 'none'}; "
+            f"always available: prior, gaussian): fit it with {_fit_hint(run_dir, name)}"
+        )
+    sampler = priors.load(folder)
+    record = folder / "fitted_on.json"
+    if restored is not None and record.is_file():
+        on = json.loads(record.read_text())
+        stages = checkpoint.stage_dirs(run_dir)
+        with checkpoint.Checkpointer(stages[-1] / "checkpoints", save_every=1,
+                                     read_only=True) as ckpt:  # fmt: skip
+            now = ckpt.fingerprint(restored.step)
+        if (on.get("step"), on.get("fingerprint")) != (restored.step, now):
+            raise SamplerNotFittedError(
+                f"{folder} was fitted on step {on.get('step')} of the run, which now restores "
+                f"step {restored.step}: fit it again with {_fit_hint(run_dir, name)}"
+            )
+    return sampler
 
 
 # --- the evaluation ---------------------------------------------------------------------------
@@ -276,6 +379,8 @@ def evaluate_run(
         return inception.features(images, weights=weights, mesh=mesh, progress=progress)
 
     fns = functions(restored)
+    if only_samplers is not None:  # before any slow work: a missing sampler is a usage error
+        check_samplers(run_dir, only_samplers, fns)
     x = _unit(test)
     recon = _batched(fns.reconstruct, x, mesh=mesh)
     mse = float(np.mean((recon - x) ** 2))
@@ -311,7 +416,7 @@ def evaluate_run(
         }
     train_images = jdata.load_raw(dc.dataset, "train", data_dir).images if fid else None
     for i, (name, draw) in enumerate(
-        samplers(fns, train_images, dc.pad_to_32, restored.model).items()
+        samplers(fns, train_images, dc.pad_to_32, restored.model, run_dir, restored).items()
     ):
         if only_samplers is not None and name not in only_samplers:
             continue
@@ -325,6 +430,43 @@ def evaluate_run(
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "metrics.md").write_text(markdown(result))
     return result
+
+
+def sample(run_dir, sampler: str, key, n: int, *, restored=None) -> np.ndarray:
+    """n images [n, H, W, C] in [0, 1] decoded from codes drawn by `sampler`: 'prior' (the
+    model's own prior, `prior_sample`, else N(0, I)), 'flow' for a PAE run (its latent flow,
+    Eq. 6), or a sampler fitted into the run folder (`fit_sampler`: gaussian, gmm, flow, vae).
+
+    Raises:
+      SamplerNotFittedError: `sampler` is not fitted into the run (the message says how).
+    """
+    restored = restored or restore(run_dir)
+    fns, model = functions(restored), restored.model
+    check_samplers(run_dir, [sampler], fns)
+    if sampler == "prior":
+        own = getattr(model, "prior_sample", None)
+        codes = own(key, n) if own is not None else jax.random.normal(key, (n, fns.latent_dim))
+    elif sampler == "flow" and hasattr(model, "sample_codes"):
+        codes = model.sample_codes(key, n)
+    else:
+        codes = load_sampler(run_dir, sampler, restored).sample(key, n)
+    return np.asarray(_batched(fns.decode, np.asarray(codes, np.float32)))
+
+
+def check_samplers(run_dir, names, fns: Functions) -> None:
+    """Raise a named error for a sampler the run cannot give (`SamplerNotFittedError` for one
+    not fitted, ValueError for an unknown name or a model without vector codes)."""
+    if fns.decode is None:
+        raise ValueError(f"{run_dir}: the model's code is not a vector: it has no sampler")
+    for name in names:
+        if name in ("prior", "gaussian") or name in fitted_samplers(run_dir):
+            continue
+        if name == "flow" and (Path(run_dir) / "stage2").is_dir():
+            continue  # the PAE's own latent flow
+        if name in priors.SAMPLERS:
+            load_sampler(run_dir, name)  # raises, saying how to fit it
+        known = ["prior", *sorted(priors.SAMPLERS)]
+        raise ValueError(f"unknown sampler {name!r}: the samplers are {', '.join(known)}")
 
 
 STAGE_NAMES = ("autoencoder", "flow")  # the stages of a run with two, the PAE (`jaxae.pae`)
@@ -385,6 +527,16 @@ def main(argv=None) -> dict:
         "--no-fid", action="store_true",
         help="reconstruction error and likelihood only: no Inception features, no samples",
     )  # fmt: skip
+    p.add_argument(
+        "--sampler", action="append", default=None, metavar="NAME",
+        help="score only this sampler (repeatable): prior, gaussian, or one fitted into the run",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-sampler", action="append", default=[], metavar="NAME",
+        help=f"first fit this ex-post sampler ({', '.join(sorted(priors.SAMPLERS))}) to the "
+        "run's training codes and save it in <run>/samplers/NAME (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--components", type=int, default=10, help="components of a fitted gmm")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--weights", default=None, help="Inception npz (else $JAXAE_INCEPTION_WEIGHTS)")
     p.add_argument("--seed", type=int, default=0)
@@ -399,6 +551,10 @@ def main(argv=None) -> dict:
         jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
     n = args.samples or (QUICK_COUNT if args.quick else STANDARD_COUNT)
     try:
+        for name in args.fit_sampler:
+            options = {"components": args.components} if name == "gmm" else {}
+            fit_sampler(args.run, name, seed=args.seed, data_dir=args.data_dir, **options)
+            print(f"fitted the {name!r} sampler: {Path(args.run) / SAMPLER_DIR / name}")
         result = evaluate_run(
             args.run,
             num_samples=n,
@@ -409,6 +565,7 @@ def main(argv=None) -> dict:
             progress=not args.no_progress,
             out=args.out,
             fid=not args.no_fid,
+            only_samplers=args.sampler,
         )
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

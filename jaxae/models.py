@@ -7,6 +7,10 @@ Every model is an `nnx.Module` with
 - ``latent(x, key) -> (z, {name: [B]})``: the code the training objective decodes and the
   model's named per-example regularizer terms (the VAE: a posterior sample and its KL);
 - ``spec``: the JSON description that `build` rebuilds the model from;
+- ``groups()``: the parameter groups it trains, each with its own loss, optimizer and steps
+  (`ParamGroup`; one group owning everything for all but adversarial models);
+- ``settings``: its own hyper-parameters and their defaults, which `jaxae.config.default(kind)`
+  makes the config section named after its kind and `build` passes to its constructor;
 - ``scale``: the pixel scale it was trained on ('unit': [0, 1]; 'centered': [-0.5, 0.5]), so
   that code using a restored model passes images and nothing else (`preprocess`, `check_scale`).
 `jaxae.objectives` turns these into per-example loss terms; nothing outside this module asks
@@ -27,6 +31,7 @@ Models of the Vanilla Probabilistic Autoencoder (Ciobanu 2021, Sec. 3.1-3.2):
 from __future__ import annotations
 
 import math
+from typing import ClassVar, NamedTuple
 
 import chex
 import distrax
@@ -40,6 +45,24 @@ from jaxae import flows, nets
 from jaxae.heads import Head, positive
 
 GLOROT = jax.nn.initializers.glorot_uniform()
+# The kinds of value a model setting may take (`Model.settings`): JSON round-trips them, and
+# they are hashable (static to `jit`), tuples included.
+SETTING_TYPES = (bool, int, float, str, tuple)
+
+
+class ParamGroup(NamedTuple):
+    """A parameter group a model trains with its own loss, optimizer and steps."""
+
+    # top-level attributes of the model it owns; None: every parameter no other group owns
+    params: tuple[str, ...] | None = None
+    # the model method giving per-example terms {'loss': [B], ...}; 'terms':
+    # objectives.terms(model, x, key), the likelihood + regularizers
+    loss: str = "terms"
+    # optimizer steps per iteration (a critic 5 : 1 schedule: steps=5 on the critic)
+    steps: int = 1
+    # (field, value) overrides of config.optimizer for this group, e.g.
+    # (("learning_rate", 5e-4), ("b1", 0.5)); a tuple so that it is hashable
+    optimizer: tuple = ()
 
 
 class Model(nnx.Module):
@@ -51,6 +74,71 @@ class Model(nnx.Module):
     # The pixel scale of the model's inputs (`jaxae.config.SCALES`), set by `build` from the
     # description's "scale"; a plain string, so it is part of the graphdef, not of the state.
     scale: str = "unit"
+    # The model's own settings and their defaults, e.g. a WAE's {"weight": 10.0,
+    # "kernel_scale": 1.0}: numbers, bools, strings and tuples of those. `jaxae.config.default`
+    # makes them the config section named after the kind; `from_spec` passes them to the
+    # constructor as keywords; `build` records them (`options`) and `spec` describes them.
+    settings: ClassVar[dict] = {}
+    # The settings `build` gave this model, as hashable (name, value) items (static, in the
+    # graphdef); () for a model built without them.
+    _settings: tuple = ()
+    # The module that registered the kind (`register`); None for jaxae's own kinds.
+    defined_in: ClassVar[str | None] = None
+
+    def groups(self) -> dict[str, ParamGroup]:
+        """The parameter groups the trainer steps, in order (`jaxae.train.model_update`).
+
+        The default, one group owning every parameter with the loss `objectives.terms`, is
+        trained by `jaxae.train.single`; a model with a critic returns several (e.g. an
+        "autoencoder" group with ``params=None`` and a "critic" group owning ``("critic",)``
+        with its own loss method, steps and optimizer overrides), trained by
+        `jaxae.train.grouped`. A group's loss method other than "terms" has the signature
+        ``method(self, x, key) -> {'loss': [B], ...}`` (x: model inputs [B, H, W, C], key a PRNG
+        key or None).
+        """
+        return {"model": ParamGroup()}
+
+    @property
+    def options(self) -> dict:
+        """The model's settings (`settings`): the class defaults, updated by those `build` gave
+        it."""
+        return {**type(self).settings, **dict(self._settings)}
+
+    @classmethod
+    def resolve_settings(cls, given: dict | None = None) -> dict:
+        """The class's settings: its defaults updated by `given` (a description's
+        ``"settings"``; JSON lists read as tuples).
+
+        Raises:
+          ValueError: `given` names a setting the class does not declare.
+        """
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(cls.settings))
+        if unknown:
+            kind = getattr(cls, "kind", cls.__name__)
+            known = ", ".join(cls.settings) if cls.settings else "none"
+            raise ValueError(
+                f"model kind {kind!r}: unknown setting(s) {unknown} in the description's "
+                f'"settings" (its settings: {known}; jaxae.config.default({kind!r}) has them)'
+            )
+
+        def as_tuple(v):  # JSON (a checkpoint's description) turned the tuples into lists
+            return tuple(map(as_tuple, v)) if isinstance(v, list | tuple) else v
+
+        return {**cls.settings, **{k: as_tuple(v) for k, v in given.items()}}
+
+    def _describe(self, spec: dict) -> dict:
+        """`spec` plus what only some models carry: ``width`` (when not 0), ``settings`` (for
+        classes with settings), ``module`` (for kinds registered outside jaxae), ``scale``
+        (when not 'unit'). Descriptions of the models without them stay as they were."""
+        spec = dict(spec)
+        if getattr(self, "width", 0):
+            spec["width"] = self.width
+        if type(self).settings:
+            spec["settings"] = self.options
+        if self.defined_in is not None and not _in_jaxae(self.defined_in):
+            spec["module"] = self.defined_in
+        return self._with_scale(spec)
 
     def encode(self, x):
         """The codes of model inputs x [B, H, W, C] (`preprocess`d): [B, K]; the VPAE CNN, a feature
@@ -68,8 +156,13 @@ class Model(nnx.Module):
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
-        """The model of a description `spec` (its head parsed by `build`), initialised by `seed`."""
-        return cls(head, spec["arch"], spec.get("latent_dim", 32), seed=seed)
+        """The model of a description `spec` (its head parsed by `build`), initialised by `seed`:
+        ``cls(head, arch, latent_dim, seed=seed, **settings)``, with ``width=`` when the
+        description's width is not 0 and the settings of `resolve_settings` (none for classes
+        without settings)."""
+        width = {"width": spec["width"]} if spec.get("width") else {}
+        settings = cls.resolve_settings(spec.get("settings"))
+        return cls(head, spec["arch"], spec.get("latent_dim", 32), seed=seed, **width, **settings)
 
     def latent(self, x, key=None):
         """(code to decode [B, ...], {regularizer name: [B]}) for the training objective."""
@@ -164,23 +257,29 @@ class Autoencoder(Model):
 
     kind = "ae"
 
-    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, seed: int = 0):
-        self._init_net(head, arch, latent_dim, nnx.Rngs(params=seed))
+    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, width: int = 0,
+                 seed: int = 0):  # fmt: skip
+        self._init_net(head, arch, latent_dim, nnx.Rngs(params=seed), width)
 
-    def _init_net(self, head, arch, latent_dim, rngs):
+    def _init_net(self, head, arch, latent_dim, rngs, width: int = 0):
         if arch == "cnn" and not head.is_matrix:
             raise ValueError(f"head {head.name!r}: the CNN architecture is for matrix heads only")
         self.head, self.arch, self.latent_dim = head, arch, latent_dim
         self.image_shape = head.image_shape
-        self.net = nets.make(arch, head.image_shape, latent_dim, head.num_params, rngs=rngs)
+        self.width = _check_width(width)
+        # width only when set: 0 is the architecture's own channel width
+        options = {"width": width} if width else {}
+        self.net = nets.make(arch, head.image_shape, latent_dim, head.num_params, rngs=rngs,
+                             **options)  # fmt: skip
 
     @property
     def spec(self) -> dict:
-        """kind, arch, head, k, latent_dim, image_shape (and scale unless 'unit')."""
+        """kind, arch, head, k, latent_dim, image_shape; width unless 0, settings for classes
+        with settings, module for kinds registered outside jaxae, scale unless 'unit'."""
         h = self.head
-        return self._with_scale({"kind": self.kind, "arch": self.arch, "head": h.name, "k": h.k,
-                                 "latent_dim": self.latent_dim,
-                                 "image_shape": list(self.image_shape)})  # fmt: skip
+        return self._describe({"kind": self.kind, "arch": self.arch, "head": h.name, "k": h.k,
+                               "latent_dim": self.latent_dim,
+                               "image_shape": list(self.image_shape)})  # fmt: skip
 
     def encode(self, x):
         """Images [B, H, W, C] -> codes [B, K] (the network's encoder)."""
@@ -196,9 +295,10 @@ class MAFAutoencoder(Autoencoder):
 
     kind = "maf"
 
-    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, seed: int = 0):
+    def __init__(self, head: Head, arch: str = "mlp", latent_dim: int = 32, *, width: int = 0,
+                 seed: int = 0):  # fmt: skip
         rngs = nnx.Rngs(params=seed)  # one stream: the network's weights, then the MADE's
-        self._init_net(head, arch, latent_dim, rngs)
+        self._init_net(head, arch, latent_dim, rngs, width)
         self.made = flows.MADE(head.dim, 10, rngs=rngs)
 
     def likelihood(self, raw) -> distrax.Distribution:
@@ -230,43 +330,53 @@ class VAE(Model):
     kind = "vae"
 
     def __init__(self, head: Head, latent_dim: int = 32, *, arch: str | None = None,
-                 beta: float = 1.0, capacity: float = 0.0, seed: int = 0):  # fmt: skip
+                 beta: float = 1.0, capacity: float = 0.0, width: int = 0,
+                 seed: int = 0):  # fmt: skip
         if beta <= 0 or capacity < 0:
             raise ValueError(f"beta-VAE needs beta > 0 and capacity C >= 0, got {beta}, {capacity}")
         self.head, self.latent_dim, self.image_shape = head, latent_dim, head.image_shape
         arch = None if arch == "mlp" else arch  # the MLP's layers, named as before `arch`
         self.arch, self.beta, self.capacity = arch, float(beta), float(capacity)
+        self.width = _check_width(width)
         rngs = nnx.Rngs(params=seed)
         if arch is None:
+            if width:
+                raise ValueError(
+                    f"width={width}: the VAE's MLP (arch 'mlp') has no channel width; leave "
+                    "model.width at 0, or use a convolutional arch"
+                )
             self.encoder = nnx.Linear(head.dim, 2 * latent_dim, kernel_init=GLOROT, rngs=rngs)
             self.decoder = nnx.Linear(latent_dim, head.num_params, kernel_init=GLOROT, rngs=rngs)
         else:
+            options = {"width": width} if width else {}
             self.net = nets.make(arch, head.image_shape, latent_dim, head.num_params,
-                                 code_features=2 * latent_dim, rngs=rngs)  # fmt: skip
+                                 code_features=2 * latent_dim, rngs=rngs, **options)  # fmt: skip
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
-        """A VAE from its description: latent_dim, arch, beta and capacity (defaults 32, the MLP, 1,
-        0)."""
+        """A VAE from its description: latent_dim, arch, beta, capacity and width (defaults 32,
+        the MLP, 1, 0, 0)."""
         return cls(
             head,
             spec.get("latent_dim", 32),
             arch=spec.get("arch"),
             beta=spec.get("beta", 1.0),
             capacity=spec.get("capacity", 0.0),
+            width=spec.get("width", 0),
             seed=seed,
         )
 
     @property
     def spec(self) -> dict:
-        """kind, head, k, latent_dim, image_shape; arch, beta, capacity where not the defaults."""
+        """kind, head, k, latent_dim, image_shape; arch, beta, capacity where not the defaults
+        (and what `Model._describe` adds)."""
         spec = {"kind": self.kind, "head": self.head.name, "k": self.head.k,
                 "latent_dim": self.latent_dim, "image_shape": list(self.image_shape)}  # fmt: skip
         if self.arch is not None:
             spec["arch"] = self.arch
         if (self.beta, self.capacity) != (1.0, 0.0):
             spec.update(beta=self.beta, capacity=self.capacity)
-        return self._with_scale(spec)
+        return self._describe(spec)
 
     def posterior(self, x) -> distrax.Distribution:
         """q(z | x), a diagonal Normal over the code."""
@@ -331,9 +441,9 @@ class PAE(Autoencoder):
     kind = "pae"
 
     def __init__(self, head: Head, arch: str = "infogan", latent_dim: int = 32, *,
-                 flow: dict | None = None, seed: int = 0):  # fmt: skip
+                 flow: dict | None = None, width: int = 0, seed: int = 0):  # fmt: skip
         rngs = nnx.Rngs(params=seed)
-        self._init_net(head, arch, latent_dim, rngs)
+        self._init_net(head, arch, latent_dim, rngs, width)
         self.flow_spec = flow_spec(latent_dim, flow)
         fs = self.flow_spec
         kw = {"n_layers": fs["layers"], "hidden": fs["hidden"], "n_blocks": fs["blocks"]}
@@ -346,10 +456,10 @@ class PAE(Autoencoder):
 
     @classmethod
     def from_spec(cls, spec: dict, head: Head, seed: int) -> Model:
-        """A PAE from its description: arch (default infogan), latent_dim and its flow
+        """A PAE from its description: arch (default infogan), latent_dim, width and its flow
         (`flow_spec`)."""
         return cls(head, spec.get("arch", "infogan"), spec.get("latent_dim", 32),
-                   flow=spec.get("flow"), seed=seed)  # fmt: skip
+                   flow=spec.get("flow"), width=spec.get("width", 0), seed=seed)  # fmt: skip
 
     @property
     def spec(self) -> dict:
@@ -395,16 +505,71 @@ KINDS: dict[str, type[Model]] = {"ae": Autoencoder, "maf": MAFAutoencoder, "vae"
 def register(kind: str):
     """Class decorator: make a `Model` subclass buildable as ``{"kind": kind, ...}`` (and
     selectable by ``config.model.kind``). Its constructor takes ``(head, arch, latent_dim, *,
-    seed)`` like `Autoencoder`'s, or it overrides `from_spec`."""
+    seed, **settings)`` like `Autoencoder`'s (plus its `Model.settings` as keywords), or it
+    overrides `from_spec`. Records the module defining the class (``defined_in``): the
+    descriptions of kinds registered outside jaxae name it (``"module"``), so that an error can
+    say what to import before a run of that kind is restored.
+
+    Raises:
+      ValueError: `kind` is registered to another class; a setting's default is not a number,
+        bool, string or tuple of those; or a kind with settings is named like a config section.
+    """
 
     def add(cls):
         if kind in KINDS and KINDS[kind] is not cls:
             raise ValueError(f"model kind {kind!r} is already registered as {KINDS[kind]}")
+        _check_settings(kind, cls.settings)
         cls.kind = kind
+        cls.defined_in = cls.__module__
         KINDS[kind] = cls
         return cls
 
     return add
+
+
+def _check_settings(kind: str, settings: dict) -> None:
+    def ok(v):
+        return isinstance(v, SETTING_TYPES) and (not isinstance(v, tuple) or all(map(ok, v)))
+
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise ValueError(f"model kind {kind!r}: settings must be a dict {{name: default}}")
+    for name, value in settings.items():
+        if not ok(value):
+            raise ValueError(
+                f"model kind {kind!r}: setting {name}={value!r} is a {type(value).__name__}; "
+                "settings are numbers, bools, strings or tuples of those (JSON, hashable)"
+            )
+    if settings and kind in jconfig.SECTIONS:
+        raise ValueError(
+            f"model kind {kind!r} has settings, whose config section would be named {kind!r} like "
+            f"the config's own {jconfig.SECTIONS}: register the kind under another name"
+        )
+
+
+def _in_jaxae(module: str) -> bool:
+    return module == "jaxae" or module.startswith("jaxae.")
+
+
+def _check_width(width) -> int:
+    if not isinstance(width, int) or isinstance(width, bool) or width < 0:
+        raise ValueError(
+            f"width={width!r}: the channel width must be an integer >= 0 (0: the architecture's "
+            "default)"
+        )
+    return width
+
+
+def not_registered(kind, module: str | None = None) -> str:
+    """The message for a model kind that is not in `KINDS`: what to import first (`module`, as
+    a description's ``"module"`` names it, when known). Never imports it: a checkpoint's
+    description is data, not code."""
+    if module:
+        how = f"`import {module}`"
+    else:
+        how = f"the kinds registered now: {', '.join(KINDS)}"
+    return (
+        f"model kind {kind!r} is not registered: import the module that registers it first ({how})"
+    )
 
 
 def vpae_spec(head: str, k: int = 1, arch: str = "mlp", image_shape=(28, 28, 1)) -> dict:
@@ -419,7 +584,10 @@ def build(spec: dict, *, force: bool = True) -> Model:
     """A model from its JSON description (`Model.spec`, saved with every checkpoint).
 
     Weights are initialised with ``spec.get('seed', 0)``, to be replaced by a checkpoint's.
-    ``spec.get('scale', 'unit')`` is the pixel scale the model takes (`Model.scale`).
+    ``spec.get('scale', 'unit')`` is the pixel scale the model takes (`Model.scale`);
+    ``spec.get('settings', {})`` updates the class's `Model.settings`, which the model records
+    (`Model.options`). A kind that is not registered is an error naming the module to import
+    (``spec['module']``, when the description has it), never imported here.
     Descriptions written before this interface (``kind: 'vpae'``; ``kind: 'ae'`` without a
     head) are read as the models they described.
     """
@@ -433,18 +601,29 @@ def build(spec: dict, *, force: bool = True) -> Model:
     if spec.get("kind") == "vpae":  # the earlier single VPAE class, switched on its head
         spec["kind"] = spec["head"] if spec.get("head") in ("maf", "vae") else "ae"
     kind = spec.get("kind")
+    if kind is None:
+        raise ValueError(f"model description {spec} lacks 'kind' (one of {', '.join(KINDS)})")
     if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r} in {spec}: expected one of {list(KINDS)}")
+        raise ValueError(not_registered(kind, spec.get("module")))
+    cls = KINDS[kind]
     try:
         shape, seed = tuple(spec["image_shape"]), spec.get("seed", 0)
         head = Head(spec.get("head", "mse"), k=spec.get("k", 1), image_shape=shape, force=force)
-        model = KINDS[kind].from_spec(spec, head, seed)
+        settings = cls.resolve_settings(spec.get("settings"))
+        model = cls.from_spec(spec, head, seed)
     except KeyError as e:
         raise ValueError(f"model description {spec} lacks {e}") from None
     model.scale = scale
+    if cls.settings:  # recorded, so that `spec` (and the checkpoints) describe them
+        model._settings = tuple(settings.items())
     return model
 
 
 def num_params(model: nnx.Module) -> int:
     """How many trainable weights `model` has."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# The regularized-autoencoder family registers its kinds here, so that every kind jaxae defines
+# builds from `models` alone (`jaxae.regularized` imports this module: it comes last).
+from jaxae import regularized  # noqa: E402, F401

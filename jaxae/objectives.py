@@ -52,14 +52,34 @@ def merge(graphdef: nnx.GraphDef, params, model_state):
     return nnx.merge(graphdef, params, model_state)
 
 
-def loss_fn(graphdef: nnx.GraphDef):
+def loss_fn(graphdef: nnx.GraphDef, method: str = "terms"):
     """``(params, model_state, batch, key) -> (terms, model_state)`` for a split model: the loss
-    function the trainer takes (`jaxae.train.single`)."""
+    function the trainer takes (`jaxae.train.single`, a `jaxae.train.Group`).
+
+    Args:
+      graphdef: the model's graphdef (`split`).
+      method: "terms": `terms`, the likelihood term plus the model's regularizers; else the
+        name of a model method ``method(x, key) -> {'loss': [B], ...}`` (a parameter group's
+        loss, `jaxae.models.ParamGroup.loss`, e.g. a critic's), x the batch's images
+        [B, H, W, C]. Either way the model state (BatchNorm statistics) it updates is returned.
+    """
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"method must be 'terms' or the name of a model method, got {method!r}")
 
     def fn(params, model_state, batch, key):
         # copy: a BatchNorm call mutates its statistics, which must be Variables of this trace
         model = nnx.merge(graphdef, params, model_state, copy=True)
-        out = terms(model, batch["image"], key)
+        if method == "terms":
+            out = terms(model, batch["image"], key)
+        else:
+            loss = getattr(model, method, None)
+            if not callable(loss):
+                raise ValueError(
+                    f"model {type(model).__name__} has no method {method!r} (a parameter "
+                    "group's loss: `ParamGroup.loss` names a method (x, key) -> {'loss': [B]})"
+                )
+            chex.assert_rank(batch["image"], 4)  # images [B, H, W, C]
+            out = loss(batch["image"], key)
         return out, nnx.split(model, nnx.Param, ...)[2]
 
     return fn

@@ -7,6 +7,8 @@
 - `training_curves`: a run's logged loss and held-out metrics against epoch, for every stage
   (``<run>/metrics.jsonl``, ``<run>/stage2/metrics.jsonl``...), with the early-stopping epoch.
 - `image_grid`: rows of images with row and column labels, a title and per-image captions.
+- `latent_pairs`: a pair plot of latent codes coloured by class label, a reference (the prior)
+  in grey (the GMM-DAE appendix's Figure 3); `latent_panels`: a grid of 2-D ones (its ablation).
 
 matplotlib is imported inside the chart functions: it takes most of a second, and jaxae modules
 that only draw image grids import this one. Charts use its object-oriented API (a `Figure` on
@@ -269,17 +271,37 @@ def _stages(run: Path) -> list[Path]:
 
 
 def _train_value(line: dict, metric: str):
-    """The train value of `metric` in a log line: its own key, or a parameter group's
-    ``<group>/<metric>`` (`jaxae.train.grouped` logs the flow's nll as ``flow/nll``)."""
+    """The train value of `metric` in a log line: its own key, or the one parameter group's
+    ``<group>/<metric>`` (`jaxae.train.grouped` logs the flow's nll as ``flow/nll``); None
+    where several groups log it (a critic's loss is not the model's)."""
     if metric in line:
         return line[metric]
-    return next((v for k, v in line.items() if k.endswith(f"/{metric}")), None)
+    found = [v for k, v in line.items() if k.endswith(f"/{metric}") and not k.startswith("eval_")]
+    return found[0] if len(found) == 1 else None
+
+
+def _group_losses(lines: list[dict]) -> list[str]:
+    """The parameter groups' losses ``<group>/loss`` of a log, in logged order."""
+    names = []
+    for line in lines:
+        for k in line:
+            if k.endswith("/loss") and not k.startswith("eval_") and k not in names:
+                names.append(k)
+    return names
 
 
 def _curve_panels(lines: list[dict]) -> list[tuple[str, str]]:
-    """(panel title, metric) for "loss" and every eval_* metric, in logged order; a metric
-    whose train and eval values are the loss's (the flow's nll) takes the loss's panel."""
-    names = [] if not any("loss" in x for x in lines) else ["loss"]
+    """(panel title, metric) for the training loss and every eval_* metric, in logged order.
+
+    The loss is "loss", or for a run trained in parameter groups (`jaxae.train.grouped`, which
+    logs no total) one panel per group's ``<group>/loss`` (one group's is the run's "loss"). A
+    metric whose train and eval values are the loss's (the flow's nll) takes the loss's panel.
+    """
+    groups = _group_losses(lines)
+    if any("loss" in x for x in lines) or len(groups) == 1:
+        names = ["loss"]
+    else:
+        names = list(groups)
     for line in lines:
         for k in line:
             if k.startswith("eval_") and k[5:] not in names and k[5:] not in _NOT_CURVES:
@@ -288,9 +310,14 @@ def _curve_panels(lines: list[dict]) -> list[tuple[str, str]]:
         raise ValueError("no 'loss' and no 'eval_*' values in the log: nothing to draw")
     same, panels = [], []
     for m in names:
-        if m != "loss" and all(
-            _train_value(x, m) == x.get("loss") and x.get(f"eval_{m}") == x.get("eval_loss")
-            for x in lines
+        if (
+            m != "loss"
+            and "loss" in names
+            and all(
+                _train_value(x, m) == _train_value(x, "loss")
+                and x.get(f"eval_{m}") == x.get("eval_loss")
+                for x in lines
+            )
         ):
             same.append(m)
         else:
@@ -351,9 +378,10 @@ def training_curves(run_dir, path=None) -> Path:
 
     Reads ``metrics.jsonl`` of every stage (`jaxae.checkpoint.stage_dirs`: the run folder,
     then ``stage2/``...: the PAE's autoencoder, then its flow) and draws against epoch the
-    training loss (every logged chunk) and each held-out ``eval_*`` metric (every epoch),
-    one panel per metric, with the train value of the same name when it is logged. The
-    early-stopping best epoch (``best_epoch``) is a dashed line.
+    training loss (every logged line; a run trained in parameter groups: each group's loss,
+    one panel each) and each held-out ``eval_*`` metric (every epoch), one panel per metric,
+    with the train value of the same name when it is logged. The early-stopping best epoch
+    (``best_epoch``) is a dashed line.
 
     Args:
       run_dir: the run folder (``experiments/train.py``'s workdir).
@@ -535,6 +563,221 @@ def image_grid(
     path = Path(path)
     canvas.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent spaces
+
+LABEL_COLORS = (  # matplotlib's tab10, one colour per class label (0-9), then tab10 again
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+REFERENCE_COLOR = "0.75"  # prior samples: light grey, under the coloured codes
+
+
+def _finite_codes(codes, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [N, d] and labels [N] as arrays, rows with a non-finite code dropped (a diverged
+    model's codes must not break its figure); a ValueError for mismatched shapes."""
+    z = np.asarray(codes, np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2 or y.shape != (len(z),):
+        raise ValueError(
+            f"{name}: codes must be [N, d] and labels [N], got {z.shape} and {y.shape}"
+        )
+    keep = np.isfinite(z).all(axis=1)
+    return z[keep], y[keep]
+
+
+def _class_names(labels: np.ndarray, class_names) -> dict:
+    """{label: legend text} for the sorted distinct labels."""
+    names = {}
+    for v in np.unique(labels):
+        given = class_names is not None and int(v) < len(class_names)
+        names[v] = str(class_names[int(v)]) if given else str(v)
+    return names
+
+
+def _scatter_classes(ax, x, y, labels, names: dict) -> None:
+    for i, (v, name) in enumerate(names.items()):
+        pick = labels == v
+        ax.scatter(x[pick], y[pick], s=3, alpha=0.6, color=LABEL_COLORS[i % 10], label=name,
+                   linewidths=0, rasterized=True)  # fmt: skip
+
+
+def latent_pairs(
+    codes,
+    labels,
+    path,
+    *,
+    dims=None,
+    reference=None,
+    reference_label: str = "prior samples",
+    class_names=None,
+    title: str = "",
+    panel: int = 170,
+) -> Path:
+    """A pair plot of latent codes coloured by their class label, as PNG (the GMM-DAE
+    appendix's Figure 3 style, Saseendran et al. 2021): below the diagonal, a scatter plot of
+    every pair of the chosen dimensions; on the diagonal, each class's histogram of that
+    dimension. `reference` (e.g. samples of the model's prior) is drawn in grey under the codes,
+    so that how well the codes fill the prior can be seen.
+
+    Args:
+      codes: [N, d] codes (rows with a non-finite value are left out).
+      labels: [N] integer class labels, one colour each (tab10).
+      path: output PNG file.
+      dims: indices of the dimensions to plot (default: the first min(d, 4)).
+      reference: optional [M, d] points drawn in grey (the same dimensions are plotted).
+      reference_label: the legend's name for `reference`.
+      class_names: optional names indexed by label (e.g. Fashion-MNIST's classes).
+      title: figure title.
+      panel: pixels per panel.
+
+    Returns:
+      The path of the RGB PNG, ``len(dims) * panel`` pixels square plus the title.
+    """
+    z, y = _finite_codes(codes, labels, "latent_pairs")
+    d = np.asarray(codes).shape[1]
+    dims = list(range(min(d, 4)) if dims is None else dims)
+    if not dims or any(not 0 <= int(i) < d for i in dims):
+        raise ValueError(f"latent_pairs: dims must be indices in [0, {d}), got {dims}")
+    if not len(z):
+        raise ValueError("latent_pairs: no code with finite values to draw")
+    ref = None
+    if reference is not None:
+        ref = np.asarray(reference, np.float64)
+        if ref.ndim != 2 or ref.shape[1] != d:
+            raise ValueError(f"latent_pairs: reference must be [M, {d}], got {ref.shape}")
+        ref = ref[np.isfinite(ref).all(axis=1)]
+    names = _class_names(y, class_names)
+    k = len(dims)
+    with _style():
+        fig = _figure((k * panel + 20, k * panel + (24 if title else 0) + 20))
+        axes = fig.subplots(k, k, squeeze=False)
+        for r, i in enumerate(dims):
+            for c, j in enumerate(dims):
+                ax = axes[r, c]
+                if c > r:
+                    ax.axis("off")
+                    continue
+                if r == c:  # each class's marginal of dimension i
+                    edges = np.histogram_bin_edges(
+                        np.concatenate([z[:, i]] + ([ref[:, i]] if ref is not None else [])), 30
+                    )
+                    if ref is not None:
+                        ax.hist(ref[:, i], edges, color=REFERENCE_COLOR, density=True)
+                    for n, v in enumerate(names):
+                        ax.hist(z[y == v, i], edges, histtype="step", density=True,
+                                color=LABEL_COLORS[n % 10])  # fmt: skip
+                    ax.set_yticks([])
+                else:
+                    if ref is not None:
+                        ax.scatter(ref[:, j], ref[:, i], s=2, color=REFERENCE_COLOR,
+                                   linewidths=0, rasterized=True)  # fmt: skip
+                    _scatter_classes(ax, z[:, j], z[:, i], y, names)
+                ax.tick_params(labelsize=7)
+                if r == k - 1:
+                    ax.set_xlabel(f"z{j}")
+                if c == 0 and r > 0:
+                    ax.set_ylabel(f"z{i}")
+        # the legend in the empty upper triangle (or beside a single panel)
+        handles = [_legend_dot(LABEL_COLORS[n % 10], name) for n, name in enumerate(names.values())]
+        if ref is not None:
+            handles.append(_legend_dot(REFERENCE_COLOR, reference_label))
+        anchor = axes[0, k - 1] if k > 1 else axes[0, 0]
+        anchor.legend(handles=handles, loc="upper right", fontsize=7, frameon=False,
+                      **({} if k > 1 else {"bbox_to_anchor": (1.0, 1.0)}))  # fmt: skip
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
+
+
+def _legend_dot(color, label: str):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="o", linestyle="", markersize=5, color=color, label=label)
+
+
+def latent_panels(
+    panels: dict,
+    path,
+    *,
+    reference=None,
+    reference_label: str = "prior samples",
+    class_names=None,
+    title: str = "",
+    panel: int = 260,
+) -> Path:
+    """A grid of 2-D latent scatter plots coloured by class label, as PNG: the GMM-DAE
+    appendix's Figure 3 ablation (one row per loss, one column per training time). The column
+    labels head the top row, the row labels name the left column's y axes, and the legend
+    runs under the panels.
+
+    Args:
+      panels: ``{row label: {column label: (codes [N, 2], labels [N])}}``; rows may have
+        different columns (the union is laid out, in first-seen order).
+      path: output PNG file.
+      reference: optional [M, 2] points drawn in grey under every panel's codes (the prior).
+      reference_label: the legend's name for `reference`.
+      class_names: optional names indexed by label.
+      title: figure title.
+      panel: pixels per panel.
+
+    Returns:
+      The path of the RGB PNG: ``columns * panel + 40`` by ``rows * panel + 50`` pixels
+      (and 24 more with a title).
+    """
+    if not panels or not all(panels.values()):
+        raise ValueError("latent_panels: nothing to draw (no rows, or a row without panels)")
+    cols = list(dict.fromkeys(c for row in panels.values() for c in row))
+    ref = None
+    if reference is not None:
+        ref = np.asarray(reference, np.float64)
+        if ref.ndim != 2 or ref.shape[1] != 2:
+            raise ValueError(f"latent_panels: reference must be [M, 2], got {ref.shape}")
+        ref = ref[np.isfinite(ref).all(axis=1)]
+    all_labels = []
+    data = {}
+    for r, row in panels.items():
+        for c, (codes, labels) in row.items():
+            z, y = _finite_codes(codes, labels, f"latent_panels[{r!r}][{c!r}]")
+            if z.shape[1] != 2:
+                raise ValueError(
+                    f"latent_panels[{r!r}][{c!r}]: codes must be 2-D ([N, 2]), got {z.shape}; "
+                    "project them first (or use latent_pairs)"
+                )
+            data[r, c] = (z, y)
+            all_labels.append(y)
+    names = _class_names(np.concatenate(all_labels), class_names)
+    nrows, ncols = len(panels), len(cols)
+    with _style():
+        fig = _figure((ncols * panel + 40, nrows * panel + 50 + (24 if title else 0)))
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for a, r in enumerate(panels):
+            for b, c in enumerate(cols):
+                ax = axes[a, b]
+                if (r, c) not in data:
+                    ax.axis("off")
+                    continue
+                z, y = data[r, c]
+                if ref is not None:
+                    ax.scatter(ref[:, 0], ref[:, 1], s=2, color=REFERENCE_COLOR, linewidths=0,
+                               rasterized=True)  # fmt: skip
+                order = {v: i for i, v in enumerate(names)}
+                for v in np.unique(y):
+                    pick = y == v
+                    ax.scatter(z[pick, 0], z[pick, 1], s=3, alpha=0.6, linewidths=0,
+                               color=LABEL_COLORS[order[v] % 10], rasterized=True)  # fmt: skip
+                if a == 0:
+                    ax.set_title(str(c))
+                ax.set(xlabel="z0", ylabel=f"{r}\nz1" if b == 0 else "")
+        handles = [_legend_dot(LABEL_COLORS[n % 10], name) for n, name in enumerate(names.values())]
+        if ref is not None:
+            handles.append(_legend_dot(REFERENCE_COLOR, reference_label))
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+        if title:
+            fig.suptitle(title)
+        return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """The trainer: a jitted, buffer-donating, data-parallel train step, an epoch-as-one-`lax.scan`
-fast path over on-device data, and a short loop with progress bar, JSON-lines metrics, exact
-orbax resume and a non-finite-loss guard.
+fast path over on-device data, and a short loop with progress bar, JSON-lines metrics (one line
+per epoch), exact orbax resume and a non-finite-loss guard.
+
+How a model trains comes from the model itself: `model_update` reads its parameter groups
+(`jaxae.models.Model.groups`) and builds `single` (one loss and optimizer over everything) or
+`grouped` (an adversarial model: each group its own loss, optimizer and steps).
 
 Sections follow big_vision's `train.py`: mesh, input, state, update step, checkpoint, loop.
 """
@@ -11,6 +15,7 @@ import functools
 import json
 import os
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import parallel
+from jaxae import objectives, parallel
 from jaxae.checkpoint import Checkpointer, depended_steps
 
 # A loss function maps (params, model_state, batch, key) to (per-example terms {name: [B]} with
@@ -59,7 +64,8 @@ class Update(NamedTuple):
     step(params, model_state, opt_state, batch, key) -> (params, model_state, opt_state, metrics)
 
     `metrics` are scalars (batch means of the loss terms, gradient norms). `single` is the
-    default; `grouped` trains several parameter groups, each with its own loss and optimizer.
+    default; `grouped` trains several parameter groups, each with its own loss and optimizer;
+    `model_update` picks between them from the model's own groups.
     """
 
     init: Callable
@@ -68,10 +74,11 @@ class Update(NamedTuple):
 
 class Group(NamedTuple):
     """A parameter group of `grouped`: the top-level attributes of the model it owns (`params`,
-    e.g. ``('critic',)``), its loss, its optax optimizer and how many steps it takes per
-    iteration (a critic 5 : generator 1 schedule is ``steps=5`` on the critic)."""
+    e.g. ``('critic',)``; None: every parameter no other group owns), its loss, its optax
+    optimizer and how many steps it takes per iteration (a critic 5 : generator 1 schedule is
+    ``steps=5`` on the critic)."""
 
-    params: tuple
+    params: tuple | None
     loss_fn: LossFn
     optimizer: optax.GradientTransformation
     steps: int = 1
@@ -120,33 +127,71 @@ def grouped(groups: dict[str, Group]) -> Update:
     iteration (an inner `lax.scan`, so the iteration stays one jitted call).
 
     Each group's loss sees every parameter but differentiates only its own; the model state
-    (BatchNorm statistics) threads through every step. The optimizer state is a dict keyed by
-    group; metrics are prefixed ``<group>/`` (those of the group's last step). Step t of group
-    g uses ``fold_in(fold_in(key, g), t)`` and the same batch.
+    (BatchNorm statistics) threads through every step. One group may own "the rest"
+    (``params=None``): every top-level parameter no other group names. The optimizer state is
+    a dict keyed by group. Metrics are each group's, prefixed ``<group>/`` and averaged over
+    its inner steps; there is no total ``loss`` (the sum of a critic's and a generator's
+    opposing objectives means nothing). Step t of group g uses ``fold_in(fold_in(key, g), t)``
+    and the same batch.
+
+    Raises:
+      ValueError: a group's steps are not an integer >= 1; groups overlap; two groups own the
+        rest; a group owns nothing, or (when the parameters are seen) attributes the model lacks.
     """
     for name, g in groups.items():
         if not isinstance(g.steps, int) or g.steps < 1:
             raise ValueError(f"group {name!r}: steps must be an integer >= 1, got {g.steps!r}")
-    owners = [k for g in groups.values() for k in g.params]
+        if g.params is not None and (not isinstance(g.params, tuple | list) or not g.params):
+            raise ValueError(
+                f"group {name!r}: params must be a non-empty tuple of the model's top-level "
+                f"attributes, or None (every parameter no other group owns), got {g.params!r}"
+            )
+    rest = [name for name, g in groups.items() if g.params is None]
+    if len(rest) > 1:
+        raise ValueError(
+            f"parameter groups {rest} all have params=None (the rest): at most one group may own "
+            "the rest; name the attributes of the others (e.g. params=('critic',))"
+        )
+    owners = [k for g in groups.values() if g.params is not None for k in g.params]
     if len(set(owners)) != len(owners):
         raise ValueError(f"parameter groups overlap: {owners}")
 
     def raw(state):  # nested plain dicts, as `nnx.split` stores them, so the tree is unchanged
         return state.raw_mapping if isinstance(state, nnx.State) else state
 
-    def own(params, g):
-        missing = [k for k in g.params if k not in params]
-        if missing:
-            raise ValueError(f"parameter group owns {missing}, not in the model's {list(params)}")
-        return nnx.State({k: raw(params)[k] for k in g.params})
+    def owned(params) -> dict[str, tuple]:
+        """Each group's top-level attributes, the rest resolved against `params`."""
+        keys, out = list(raw(params)), {}
+        for name, g in groups.items():
+            if g.params is not None:
+                missing = [k for k in g.params if k not in keys]
+                if missing:
+                    raise ValueError(
+                        f"parameter group {name!r} owns {missing}, not in the model's {keys}"
+                    )
+        for name, g in groups.items():
+            mine = g.params if g.params is not None else [k for k in keys if k not in owners]
+            out[name] = tuple(mine)
+            if not out[name]:
+                raise ValueError(
+                    f"parameter group {name!r} (params=None: every parameter no other group "
+                    f"owns) owns nothing: the groups {[n for n in groups if n != name]} own all "
+                    f"of the model's {keys}"
+                )
+        return out
+
+    def own(params, mine):
+        return nnx.State({k: raw(params)[k] for k in mine})
 
     def init(params):
-        return {name: g.optimizer.init(own(params, g)) for name, g in groups.items()}
+        mine = owned(params)
+        return {name: g.optimizer.init(own(params, mine[name])) for name, g in groups.items()}
 
     def step(params, model_state, opt_state, batch, key):
         opt_state, metrics = dict(opt_state), {}
+        attrs = owned(params)
         for i, (name, g) in enumerate(groups.items()):
-            rest = nnx.State({k: v for k, v in raw(params).items() if k not in g.params})
+            rest = nnx.State({k: v for k, v in raw(params).items() if k not in attrs[name]})
 
             def group_loss(mine, model_state, batch, key, rest=rest, g=g):
                 return g.loss_fn(nnx.State({**raw(rest), **raw(mine)}), model_state, batch, key)
@@ -161,24 +206,99 @@ def grouped(groups: dict[str, Group]) -> Update:
                 )
                 return (mine, model_state, o), m
 
-            carry = (own(params, g), model_state, opt_state[name])
+            carry = (own(params, attrs[name]), model_state, opt_state[name])
             (mine, model_state, opt_state[name]), m = jax.lax.scan(body, carry, jnp.arange(g.steps))
             params = nnx.State({**raw(rest), **raw(mine)})
-            metrics.update({f"{name}/{k}": v[-1] for k, v in m.items()})
-        metrics["loss"] = sum(metrics[f"{name}/loss"] for name in groups)
+            # the mean over the group's inner steps (its last one alone would hide the rest)
+            metrics.update({f"{name}/{k}": jnp.mean(v, axis=0) for k, v in m.items()})
         return params, model_state, opt_state, metrics
 
     return Update(init, step)
 
 
 def make_optimizer(opt, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax optimizer of a config's ``optimizer`` section: Adam at `learning_rate`,
-    multiplied by `decay_factor` at each of `decay_epochs`."""
+    """The optax optimizer of a config's ``optimizer`` section: Adam at `learning_rate` with
+    betas (`b1`, `b2`), the rate multiplied by `decay_factor` at each of `decay_epochs`
+    (`steps_per_epoch` optimizer steps each)."""
     rate = opt.learning_rate
     if opt.decay_epochs:
         boundaries = {int(e) * steps_per_epoch: opt.decay_factor for e in opt.decay_epochs}
         rate = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
-    return optax.adam(rate)
+    return optax.adam(rate, b1=opt.b1, b2=opt.b2)
+
+
+def _group_optimizer(opt, name: str, overrides):
+    """A config ``optimizer`` section with a parameter group's (field, value) `overrides`."""
+    if not overrides:
+        return opt
+    fields = opt.to_dict() if hasattr(opt, "to_dict") else dict(opt)
+    where = f"parameter group {name!r}"
+    try:
+        changes = dict(overrides)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: optimizer overrides must be (field, value) pairs, e.g. "
+            f"(('learning_rate', 5e-4), ('b1', 0.5)), got {overrides!r}"
+        ) from None
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: optimizer override of {unknown}, not fields of config.optimizer "
+            f"({', '.join(fields)})"
+        )
+    fields.update(changes)
+    jconfig.check_optimizer(fields, f"{where}: optimizer")
+    return types.SimpleNamespace(**fields)
+
+
+def model_update(model, graphdef, optimizer_config, steps_per_epoch: int) -> Update:
+    """The `Update` a model declares (`jaxae.models.Model.groups`).
+
+    One group owning every parameter with one step per iteration (every model without a
+    critic): `single` on its loss, exactly as before models declared groups. Otherwise
+    `grouped`, so that a model with several groups is never trained on one summed loss. Each
+    group's loss is `jaxae.objectives.loss_fn` of its ``loss`` method and its optimizer is
+    `make_optimizer` of `optimizer_config` with the group's overrides (the schedule counted in
+    the group's own steps: ``steps_per_epoch * steps`` per epoch).
+
+    Args:
+      model: the `jaxae.models.Model` (its parameters' top-level attributes resolve a group's
+        ``params=None``).
+      graphdef: the graphdef of the model as trained (`jaxae.objectives.split`).
+      optimizer_config: the config's ``optimizer`` section.
+      steps_per_epoch: iterations per epoch (for the decay schedule).
+
+    Raises:
+      ValueError: no groups, a group's loss method is missing, or a bad optimizer override.
+    """
+    groups = model.groups()
+    if not isinstance(groups, dict) or not groups:
+        raise ValueError(
+            f"{type(model).__name__}.groups() must return a non-empty dict {{name: ParamGroup}}, "
+            f"got {groups!r}"
+        )
+    keys = list(nnx.state(model, nnx.Param))
+    built = {}
+    for name, g in groups.items():
+        if g.loss != "terms" and not callable(getattr(model, g.loss, None)):
+            raise ValueError(
+                f"parameter group {name!r}: loss {g.loss!r} is not a method of "
+                f"{type(model).__name__} (a method (x, key) -> {{'loss': [B], ...}}, or 'terms')"
+            )
+        if not isinstance(g.steps, int) or isinstance(g.steps, bool) or g.steps < 1:
+            raise ValueError(f"group {name!r}: steps must be an integer >= 1, got {g.steps!r}")
+        opt = _group_optimizer(optimizer_config, name, g.optimizer)
+        built[name] = Group(
+            None if g.params is None else tuple(g.params),
+            objectives.loss_fn(graphdef, g.loss),
+            make_optimizer(opt, steps_per_epoch * g.steps),
+            g.steps,
+        )
+    if len(built) == 1:
+        (g,) = built.values()
+        if g.steps == 1 and (g.params is None or set(g.params) == set(keys)):
+            return single(g.loss_fn, g.optimizer)
+    return grouped(built)
 
 
 # --- State -------------------------------------------------------------------------------------
@@ -388,7 +508,8 @@ def fit(
       model_state: initial non-parameter state (BatchNorm statistics), if the model has any.
       prepare: on-device preprocessing of each raw batch.
       mesh: defaults to a ``('data',)`` mesh over all devices.
-      eval_fn: called with the train state at every epoch end; its dict is logged.
+      eval_fn: called with the train state at every epoch end; its dict of scalars is logged
+        (as ``eval_<name>``).
       progress: show a progress bar; False: print one line per epoch instead (process 0).
       model: JSON description of the model (`jaxae.models.build` rebuilds it), saved with
         every checkpoint so that the run can be restored and evaluated later.
@@ -400,7 +521,11 @@ def fit(
         checkpoint it was fitted on: `jaxae.checkpoint.stage_record`).
 
     Returns:
-      `FitResult` with the final state, the logged metric lines, and the step resumed from.
+      `FitResult` with the final state, the logged metric lines (one per epoch: its chunks'
+      means, summed seconds, and its evaluation; plus a line for the steps of an epoch a run
+      stops inside of, which the run resumed later replaces by the whole epoch's), and the step
+      resumed from. `single` logs the loss terms and ``grad_norm``; `grouped` each group's,
+      prefixed ``<group>/``, and no total ``loss``.
     """
     config = jconfig.validate(config)
     tc = config.training
@@ -452,11 +577,16 @@ def fit(
         state, saved, resumed = ckpt.restore_or_init(init_fn)
         if saved is not None:
             _check_resumable(saved, config, num_examples)
-        _trim_log(workdir / "metrics.jsonl", int(state["step"]))
+        step = int(state["step"])
+        # The epoch the checkpoint is inside of: its steps so far, kept in the checkpoint's meta
+        # until its line is written. A run that trains on rewrites the line of a run stopped
+        # inside this epoch (at max_steps) as the whole epoch's.
+        pending = _EpochLog.restore(saved, step % steps_per_epoch)
+        _trim_log(workdir / "metrics.jsonl", step - pending.steps if step < total else step)
         chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
         loop = _Loop(ckpt, every, chunk_fn, data, tc, steps_per_epoch, total, meta,
                      early_stopping)  # fmt: skip
-        state, history = loop.run(state, workdir, eval_fn, progress)
+        state, history = loop.run(state, workdir, eval_fn, progress, pending)
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
     return FitResult(state=state, history=history, resumed_from=resumed)
@@ -485,6 +615,73 @@ def _check_resumable(meta: dict, config, num_examples: int) -> None:
             + "; ".join(diff)
             + "). Use a new workdir, or the original config."
         )
+
+
+class _EpochLog:
+    """The metrics of one epoch's chunks until its line is written: per-term sums over its steps
+    (float64, added step by step in order, so that how the epoch was cut into chunks, or a
+    resume in its middle, does not change its means), its steps and seconds. Saved in every
+    checkpoint's meta (``epoch_log``) so that a resumed run finishes the epoch's line exactly."""
+
+    def __init__(self, steps: int = 0, seconds: float = 0.0, sums: dict | None = None):
+        self.steps, self.seconds, self.sums = steps, seconds, dict(sums or {})
+
+    @classmethod
+    def restore(cls, meta: dict | None, offset: int) -> _EpochLog:
+        """The log of a checkpoint's meta whose step is `offset` steps into its epoch; an empty
+        one where the meta has none (checkpoints of earlier releases) or it does not match."""
+        saved = (meta or {}).get("epoch_log") or {}
+        if offset == 0 or saved.get("steps") != offset:
+            return cls()
+        return cls(saved["steps"], saved["seconds"], saved["sums"])
+
+    def add(self, metrics: dict, n: int, seconds: float) -> None:
+        """Add a chunk of `n` steps: `metrics` {term: [n]}, `seconds` its wall time."""
+        for name, values in metrics.items():
+            total = self.sums.get(name, 0.0)
+            for v in np.asarray(values, np.float64).reshape(n):
+                total += float(v)
+            self.sums[name] = total
+        self.steps += n
+        self.seconds += seconds
+
+    def line(self, step: int, steps_per_epoch: int, batch_size: int) -> dict:
+        """The log line at `step`: the means over the epoch's steps so far."""
+        return {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            **{k: v / self.steps for k, v in self.sums.items()},
+            "examples_per_s": self.steps * batch_size / self.seconds,
+            "seconds": self.seconds,
+        }
+
+    def to_meta(self) -> dict:
+        return {"steps": self.steps, "seconds": self.seconds, "sums": dict(self.sums)}
+
+
+def _losses(line: dict) -> dict[str, float]:
+    """The training losses of a log line: {"loss": ...} (`single`), else each group's
+    {"<group>/loss": ...} (`grouped`: no total)."""
+    if "loss" in line:
+        return {"loss": line["loss"]}
+    return {k: v for k, v in line.items() if k.endswith("/loss") and not k.startswith("eval_")}
+
+
+def _eval_line(eval_fn, state) -> dict:
+    """``{eval_<name>: float}`` of `eval_fn`'s scalars; a ValueError names any other value."""
+    out = eval_fn(state)
+    if not isinstance(out, dict):
+        raise ValueError(f"eval_fn must return a dict {{name: scalar}}, got {type(out).__name__}")
+    line = {}
+    for name, value in out.items():
+        shape = np.shape(value)
+        if shape != ():
+            raise ValueError(
+                f"eval_fn returned {name!r} of shape {shape}: its values are logged as numbers, "
+                "so each must be a scalar (e.g. the mean over the held-out set); reduce it"
+            )
+        line[f"eval_{name}"] = float(value)
+    return line
 
 
 class _Loop(NamedTuple):
@@ -518,7 +715,7 @@ class _Loop(NamedTuple):
             state = {**state, "params": best["params"], "model_state": best["model_state"]}
         return {**state, "best": best}, stop
 
-    def run(self, state, workdir, eval_fn, progress):
+    def run(self, state, workdir, eval_fn, progress, pending: _EpochLog | None = None):
         tc, steps_per_epoch, total = self.tc, self.steps_per_epoch, self.total
         key = data_key(tc.seed)
         num_examples = len(jax.tree.leaves(self.data)[0])
@@ -527,7 +724,7 @@ class _Loop(NamedTuple):
         last_saved = self.ckpt.latest_step()
         lead = jax.process_index() == 0  # one process writes the log and shows the bar
         stopped = self.early_stopping is not None and int(state["best"]["stopped"])
-        epoch_lines = []  # this epoch's logged chunks: without a bar, one printed line per epoch
+        epoch_log = pending or _EpochLog()  # this epoch's chunks, until its line is written
         with (
             open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as log,
             tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
@@ -545,31 +742,31 @@ class _Loop(NamedTuple):
                 seconds = time.perf_counter() - t0
                 _check_finite(metrics, step, last_saved)
                 step += n
-                line = {
-                    "step": step,
-                    "epoch": epoch + (offset + n) / steps_per_epoch,
-                    **{k: float(np.mean(v)) for k, v in metrics.items()},
-                    "examples_per_s": n * tc.batch_size / seconds,
-                    "seconds": seconds,
-                }
-                if step % steps_per_epoch == 0 and eval_fn is not None:
-                    line.update({f"eval_{k}": float(v) for k, v in eval_fn(state).items()})
-                    if self.early_stopping is not None:
-                        state, stopped = self._track_best(state, line, step // steps_per_epoch)
-                        line["best_epoch"] = int(state["best"]["epoch"])
-                log.write(json.dumps(line) + "\n")
-                log.flush()
-                history.append(line)
-                epoch_lines.append(line)
-                if lead and not progress and (step % steps_per_epoch == 0 or step == total
-                                              or stopped):  # fmt: skip
-                    print(_epoch_summary(epoch_lines, tc.epochs, total), flush=True)
-                    epoch_lines = []
+                epoch_log.add(metrics, n, seconds)
                 bar.update(n)
-                bar.set_postfix(loss=f"{line['loss']:.4g}", ex_s=f"{line['examples_per_s']:.0f}")
+                chunk = {k: float(np.mean(v)) for k, v in metrics.items()}
+                bar.set_postfix({**{k.removesuffix("/loss"): f"{v:.4g}"
+                                    for k, v in _losses(chunk).items()},
+                                 "ex_s": f"{n * tc.batch_size / seconds:.0f}"})  # fmt: skip
+                epoch_end = step % steps_per_epoch == 0
+                if epoch_end or step == total:  # one line per epoch, and one where the run ends
+                    line = epoch_log.line(step, steps_per_epoch, tc.batch_size)
+                    if epoch_end and eval_fn is not None:
+                        line.update(_eval_line(eval_fn, state))
+                        if self.early_stopping is not None:
+                            state, stopped = self._track_best(state, line, step // steps_per_epoch)
+                            line["best_epoch"] = int(state["best"]["epoch"])
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    history.append(line)
+                    if lead and not progress:
+                        print(_epoch_summary(line, tc.epochs, total), flush=True)
+                    if epoch_end:
+                        epoch_log = _EpochLog()
                 position = {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
                             "step": step}  # fmt: skip
-                meta = {**self.meta, "data": {**self.meta["data"], **position}}
+                meta = {**self.meta, "data": {**self.meta["data"], **position},
+                        "epoch_log": epoch_log.to_meta()}  # fmt: skip
                 if stopped:
                     meta["early_stopping"] = {
                         **self.early_stopping._asdict(),
@@ -581,20 +778,19 @@ class _Loop(NamedTuple):
         return state, history
 
 
-def _epoch_summary(lines: list[dict], epochs: int, total: int) -> str:
-    """One line for an epoch's logged chunks (`_Loop.run` without a progress bar): where the run
-    is, the mean training loss, the epoch's evaluation, its seconds and examples/s."""
-    last = lines[-1]
-    seconds = sum(x["seconds"] for x in lines)
-    examples = [x["examples_per_s"] * x["seconds"] for x in lines]  # each chunk's examples
-    loss = sum(x["loss"] * e for x, e in zip(lines, examples, strict=True)) / sum(examples)
-    evals = "".join(f"  {k} {v:.5g}" for k, v in last.items() if k.startswith("eval_"))
-    return (f"epoch {last['epoch']:g}/{epochs}  step {last['step']}/{total}  loss {loss:.5g}"
-            f"{evals}  {seconds:.1f} s  {sum(examples) / seconds:,.0f} examples/s")  # fmt: skip
+def _epoch_summary(line: dict, epochs: int, total: int) -> str:
+    """One printed line for an epoch's log line (`_Loop.run` without a progress bar): where the
+    run is, the epoch's mean training loss (each group's, for `grouped`), its evaluation, its
+    seconds and examples/s."""
+    losses = "".join(f"  {k} {v:.5g}" for k, v in _losses(line).items())
+    evals = "".join(f"  {k} {v:.5g}" for k, v in line.items() if k.startswith("eval_"))
+    speed = f"{line['seconds']:.1f} s  {line['examples_per_s']:,.0f} examples/s"
+    return f"epoch {line['epoch']:g}/{epochs}  step {line['step']}/{total}{losses}{evals}  {speed}"
 
 
 def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past the restored step (written after the checkpoint before a crash)."""
+    """Drop log lines past `step`: those written after the restored checkpoint before a crash,
+    and the line of a run stopped inside an epoch that the resumed run writes whole."""
     if path.exists() and jax.process_index() == 0:
         lines = [x for x in path.read_text().splitlines() if x.strip()]
         keep = [x for x in lines if json.loads(x).get("step", 0) <= step]
@@ -608,6 +804,7 @@ def _check_finite(metrics: dict, first_step: int, last_saved: int | None) -> Non
     if hit:
         i = hit[0]
         terms = [k for k, b in bad.items() if b[i]]
-        # Name the per-example terms before their reductions ('loss', 'grad_norm').
-        terms.sort(key=lambda k: (k in ("loss", "grad_norm"), k))
+        # Name the per-example terms before their reductions ('loss', 'grad_norm'; a group's
+        # '<group>/loss', '<group>/grad_norm').
+        terms.sort(key=lambda k: (k.rsplit("/", 1)[-1] in ("loss", "grad_norm"), k))
         raise NonFiniteLossError(first_step + i + 1, terms, last_saved)

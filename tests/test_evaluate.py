@@ -16,7 +16,9 @@ from jaxae import data as jdata
 from jaxae import evaluate, inception, models, objectives, train
 from jaxae.checkpoint import CheckpointError, CorruptCheckpointWarning
 
-N = 16  # images per set: a --quick protocol
+# Images per set: a --quick protocol (k-NN precision needs more than k = 3; 8 is also the count
+# of tests/test_vpae_table.py's FID columns, so the Inception batch compiles once per session).
+N = 8
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +185,7 @@ def test_evaluate_run_quick_protocol_end_to_end(vpae_run, tmp_path, monkeypatch)
     assert "| samples: gaussian |" in md and "Protocol:" in md
 
     # the reference features were cached: a second evaluation does not embed the test images
-    cached = list((tmp_path / "cache" / "fid").glob("fashion_mnist-test-16-native-*.npz"))
+    cached = list((tmp_path / "cache" / "fid").glob(f"fashion_mnist-test-{N}-native-*.npz"))
     assert len(cached) == 1
     monkeypatch.setattr(evaluate, "reference_images", lambda *a, **k: 1 / 0)
     again = evaluate.reference_features("fashion_mnist", "test", N, progress=False)

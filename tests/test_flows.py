@@ -35,16 +35,14 @@ def _perturbed(kind, k, dtype, scale=0.1, seed=1):
     """A flow whose every parameter (incl. the zero-initialised last layers) is randomised."""
     graphdef, params = nnx.split(_make(kind, k, dtype), nnx.Param)
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [
-        p + scale * jax.random.normal(kk, p.shape, p.dtype)
-        for p, kk in zip(leaves, keys, strict=True)
-    ]
+    # NumPy draws: jax.random would compile a sampler for every leaf shape and dtype
+    rng = np.random.default_rng(seed)
+    leaves = [p + (scale * rng.standard_normal(p.shape)).astype(p.dtype) for p in leaves]
     return graphdef, jax.tree.unflatten(treedef, leaves)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("k", [2, 3, 8])
+@pytest.mark.parametrize("k", [2, 3])  # an even and an odd split; K = 8 runs below
 def test_new_flow_is_identity(kind, k):
     graphdef, params = nnx.split(_make(kind, k), nnx.Param)
 
@@ -69,7 +67,7 @@ def test_new_flow_is_identity(kind, k):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("k", [2, 8])
+@pytest.mark.parametrize("k", [2])  # K = 3 and 8: the float64 test below, the same code
 def test_inverse_and_log_det_float32(kind, k):
     graphdef, params = _perturbed(kind, k, jnp.float32)
 
@@ -209,9 +207,10 @@ def test_make_and_default_kind():
 
 
 def test_default_sizes():
-    f = flows.RealNVP(32, rngs=nnx.Rngs(0))
+    # by shapes only (nnx.eval_shape): sizes need no initialised weights
+    f = nnx.eval_shape(lambda: flows.RealNVP(32, rngs=nnx.Rngs(0)))
     assert len(f.conditioners) == 8 and len(f.conditioners[0].blocks) == 2
     assert f.conditioners[0].inp.out_features == 128
-    g = flows.NeuralSplineFlow(64, rngs=nnx.Rngs(0))
+    g = nnx.eval_shape(lambda: flows.NeuralSplineFlow(64, rngs=nnx.Rngs(0)))
     assert len(g.linears) == 8 and g.bound == 5.0
     assert g.conditioners[0].out.out_features == 64 * (3 * 8 + 1)

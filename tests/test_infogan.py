@@ -36,12 +36,23 @@ def _hand_count(k, h=28, w=28, c=1):
     return conv1 + conv2 + dense3 + code + from_code + dense_d2 + up1 + up2
 
 
+def _abstract(shape, k, out, images):
+    """The net by shapes only (nnx.eval_shape: nothing initialised or computed, ~10 s of eager
+    ops on the full-size net saved), and the shapes of its code and decoded code of `images`."""
+
+    def build_and_apply():
+        net = nets.make("infogan", shape, k, out, rngs=nnx.Rngs(0))
+        z = net.encode(images)
+        return net, z, net.decode(z)
+
+    return nnx.eval_shape(build_and_apply)
+
+
 @pytest.mark.parametrize("k", [4, 32])
 def test_shapes_and_parameter_count(k):
-    net = nets.make("infogan", SHAPE, k, 784, rngs=nnx.Rngs(0))
-    z = net.encode(_images(3))
+    net, z, recon = _abstract(SHAPE, k, 784, _images(3))
     chex.assert_shape(z, (3, k))
-    chex.assert_shape(net.decode(z), (3, 784))
+    chex.assert_shape(recon, (3, 784))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param)))
     assert count == _hand_count(k)
     if k == 32:
@@ -52,9 +63,8 @@ def test_shapes_and_parameter_count(k):
 
 
 def test_32x32_and_errors():
-    net = nets.make("infogan", (32, 32, 3), 4, 32 * 32 * 3, rngs=nnx.Rngs(0))
-    x = jnp.zeros((2, 32, 32, 3))
-    chex.assert_shape(net.decode(net.encode(x)), (2, 32 * 32 * 3))
+    _, _, recon = _abstract((32, 32, 3), 4, 32 * 32 * 3, jnp.zeros((2, 32, 32, 3)))
+    chex.assert_shape(recon, (2, 32 * 32 * 3))
     with pytest.raises(ValueError, match="divisible by 4"):
         nets.make("infogan", (30, 30, 1), 4, 900, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="whole number of values per pixel"):
@@ -66,14 +76,19 @@ def test_two_values_per_pixel_and_wide_code():
     net = nets.make("infogan", SHAPE, 4, 2 * 784, code_features=8, rngs=nnx.Rngs(0))
     net.eval()
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, *SHAPE)) - 0.5
-    code = net.encode(x)
+
+    @jax.jit  # one compile, not one per eager op of the full-size net
+    def code_raw_and_by_hand(x):
+        code = net.encode(x)
+        raw = net.decode(code[:, :4])
+        # the last transposed conv's channel m is block m of the raw vector
+        h = jax.nn.relu(net.bn_d1(net.from_code(code[:, :4])))
+        h = jax.nn.relu(net.bn_d2(net.dense_d2(h))).reshape(3, *net.hidden)
+        return code, raw, net.up2(jax.nn.relu(net.bn_u1(net.up1(h))))  # [3, 28, 28, 2]
+
+    code, raw, y = code_raw_and_by_hand(x)
     chex.assert_shape(code, (3, 8))
-    raw = net.decode(code[:, :4])
     chex.assert_shape(raw, (3, 2 * 784))
-    # the last transposed conv's channel m is block m of the raw vector
-    h = jax.nn.relu(net.bn_d1(net.from_code(code[:, :4])))
-    h = jax.nn.relu(net.bn_d2(net.dense_d2(h))).reshape(3, *net.hidden)
-    y = net.up2(jax.nn.relu(net.bn_u1(net.up1(h))))  # [3, 28, 28, 2]
     np.testing.assert_allclose(raw[:, :784], y[..., 0].reshape(3, -1), rtol=1e-6)
     np.testing.assert_allclose(raw[:, 784:], y[..., 1].reshape(3, -1), rtol=1e-6)
 
@@ -133,12 +148,17 @@ def test_strided_4x4_conv_matches_lax(size, ci, co):
     kx, kw = jax.random.split(jax.random.PRNGKey(5))
     x = jax.random.normal(kx, (2, size, size, ci))
     w = jax.random.normal(kw, (4, 4, ci, co))
-    y = nets.conv2d_same(x, w, 2)
+    g = jax.random.normal(jax.random.PRNGKey(6), (2, size // 2, size // 2, co))
+
+    @jax.jit  # both convolutions and their gradients: one compile
+    def values_and_grads(x, w):
+        y, back = jax.vjp(lambda x, w: nets.conv2d_same(x, w, 2), x, w)
+        y_ref, back_ref = jax.vjp(lambda x, w: _lax_conv(x, w, 2), x, w)
+        return y, y_ref, back(g), back_ref(g)
+
+    y, y_ref, ours, ref = values_and_grads(x, w)
     chex.assert_shape(y, (2, size // 2, size // 2, co))
-    np.testing.assert_allclose(y, _lax_conv(x, w, 2), rtol=1e-4, atol=1e-4)
-    g = jax.random.normal(jax.random.PRNGKey(6), y.shape)
-    ours = jax.vjp(lambda x, w: nets.conv2d_same(x, w, 2), x, w)[1](g)
-    ref = jax.vjp(lambda x, w: _lax_conv(x, w, 2), x, w)[1](g)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 

@@ -25,8 +25,10 @@ def test_plain_infogan_is_our_network():
         layer = getattr(net, ours)
         params[plain] = {"w": layer.kernel[...], "b": layer.bias[...]}
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, *pae_speed.IMAGE_SHAPE)) - 0.5
-    y_plain, new_stats = pae_speed.plain_infogan_apply(params, stats, x)
-    y_ours = net.decode(net.encode(x))  # train mode: updates the running statistics
+    # each side one jitted call: eager, every op of the 13M-weight net compiles on its own
+    y_plain, new_stats = jax.jit(pae_speed.plain_infogan_apply)(params, stats, x)
+    # train mode: updates the running statistics (nnx.jit carries the update back into `net`)
+    y_ours = nnx.jit(lambda net, x: net.decode(net.encode(x)))(net, x)
     np.testing.assert_allclose(y_plain, y_ours, rtol=1e-4, atol=1e-4)
     for name in _BN_NAMES:
         bn = getattr(net, name)

@@ -116,9 +116,24 @@ def test_resume_is_bit_exact(tmp_path, steps_per_call):
     assert second.resumed_from == s and int(second.state["step"]) == 2 * s
     for a, b in zip(_leaves(full.state), _leaves(second.state), strict=True):
         np.testing.assert_array_equal(a, b)
-    # metrics.jsonl holds both runs' lines and continues where the first stopped
+    # metrics.jsonl has one line per epoch: the first run's line at its stop inside epoch 2
+    # (step 9) was replaced by the resumed run's line of the whole epoch, which carried the
+    # first run's steps of it in the checkpoint, so the lines are the uninterrupted run's
+    assert [x["step"] for x in first.history] == [6, 9]
     lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [x["step"] for x in full.history]
+    assert [x["step"] for x in lines] == [x["step"] for x in full.history] == [6, 12, 18]
+    for got, want in zip(lines, full.history, strict=True):
+        timing = ("seconds", "examples_per_s")
+        assert {k: v for k, v in got.items() if k not in timing} == {
+            k: v for k, v in want.items() if k not in timing
+        }
+    assert lines[1]["seconds"] > first.history[1]["seconds"]  # both sessions' seconds of epoch 2
+    # run again with nothing left to train, a run stopped inside an epoch keeps its last line
+    _fit(tmp_path, "cut2", _config(**training, max_steps=s))
+    again = _fit(tmp_path, "cut2", _config(**training, max_steps=s))
+    assert again.resumed_from == s and again.history == []
+    logged = (tmp_path / "cut2" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in logged] == [6, 9]
 
 
 def test_resume_with_other_config_is_refused(tmp_path):

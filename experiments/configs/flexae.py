@@ -1,0 +1,16 @@
+"""FlexAE (the slides' generalized objective): a learnable prior generator matched to the codes
+through a WGAN-GP critic (`jaxae.regularized.FlexAE`); its generator is the model's own
+sampler ('prior').
+
+Command:  python -m experiments.train --config experiments/configs/flexae.py:mnist,cpu \
+              --workdir runs/flexae_mnist_cpu
+The argument is DATASET[,cpu] (mnist or fashion_mnist): the family's shared protocol
+(`family.py`: paper scale for a GPU, or the CPU profile). Its row of the comparison table, with
+the ex-post samplers: `python -m experiments.regularized_table`.
+"""
+
+from experiments.configs import family
+
+
+def get_config(arg="mnist"):
+    return family.get("flexae", arg, name="flexae.py")

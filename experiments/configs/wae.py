@@ -1,0 +1,15 @@
+"""WAE-MMD (Tolstikhin et al. 2018): lambda MMD^2 between the codes and N(0, I) with the inverse
+multiquadratic kernel (`jaxae.regularized.WAE`; lambda = 10).
+
+Command:  python -m experiments.train --config experiments/configs/wae.py:mnist,cpu \
+              --workdir runs/wae_mnist_cpu
+The argument is DATASET[,cpu] (mnist or fashion_mnist): the family's shared protocol
+(`family.py`: paper scale for a GPU, or the CPU profile). Its row of the comparison table, with
+the ex-post samplers: `python -m experiments.regularized_table`.
+"""
+
+from experiments.configs import family
+
+
+def get_config(arg="mnist"):
+    return family.get("wae", arg, name="wae.py")
