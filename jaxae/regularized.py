@@ -374,7 +374,11 @@ class RAE(Regularized):
         z = self.encode(x)
         out = {"code": self.code_weight * regularizers.code_penalty(z)}
         if self.regularizer == "gp":
-            penalty = regularizers.decoder_gradient_penalty(self.decode, z)
+            # differentiated through a copy of the decoder: a BatchNorm decoder updates its
+            # statistics in the reconstruction's pass, never inside this gradient
+            graphdef, state = nnx.split(self.net)
+            decode = lambda v: nnx.merge(graphdef, state, copy=True).decode(v)  # noqa: E731
+            penalty = regularizers.decoder_gradient_penalty(decode, z)
             out["decoder_gp"] = self.decoder_weight * penalty
         elif self.regularizer == "l2":
             layers = {name: getattr(self.net, name) for name in self.net.decoder_layers}

@@ -6,8 +6,8 @@ Kolmogorov-Smirnov terms (`jaxae.regularized.GMMDAE`); latent 10, reconstruction
 Command:  python -m experiments.train --config experiments/configs/gmmdae.py:mnist,cpu \
               --workdir runs/gmmdae_mnist_cpu
 The argument is DATASET[,cpu] (mnist or fashion_mnist): the family's shared protocol
-(`family.py`: paper scale for a GPU, or the CPU profile). Its row of the comparison table, with
-the ex-post samplers: `python -m experiments.regularized_table`.
+(`family.py`: paper scale for a GPU, or the CPU profile). Sample it with any ex-post sampler:
+`python -m jaxae.evaluate --run RUN --fit-sampler gmm --sampler gmm --sampler prior`.
 """
 
 from experiments.configs import family
