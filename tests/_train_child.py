@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -154,28 +153,38 @@ def run(workdir, max_steps: int, model: str = "ae", mesh=None, **training):
     )
 
 
-def kill_then_resume(tmp_path, model: str = "ae", max_steps: int = 24, kill_at: int = 12):
-    """SIGKILL a child run of `model` during its save at `kill_at`, resume it here to
-    `max_steps`, and train the same run uninterrupted: (resumed, full) `FitResult`s, after
-    checking the kill, the surviving checkpoints and the log."""
+def killed_run(model: str = "ae", max_steps: int = 24, kill_at: int = 12):
+    """A child run of `model` to `max_steps` that SIGKILLs itself during its save at
+    `kill_at`, in a scratch folder: (its run folder, the finished process). Run in the
+    background while other tests go on (tests/_child.py)."""
+    import _child  # tests/: on the path under pytest only
+
+    workdir = _child.scratch() / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    argv = [sys.executable, __file__, str(tmp_path / "run"), str(max_steps), str(kill_at), model]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    argv = [sys.executable, __file__, str(workdir), str(max_steps), str(kill_at), model]
+    return workdir, _child.run(argv, 300, env=env)
+
+
+def kill_then_resume(killed, tmp_path, model: str = "ae", max_steps: int = 24, kill_at: int = 12):
+    """Resume the `killed_run` of these arguments, `killed`, here to `max_steps`, and train the
+    same run uninterrupted (under tmp_path): (resumed, full) `FitResult`s, after checking the
+    kill, the surviving checkpoints and the log."""
+    workdir, proc = killed
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert f"killing at step {kill_at}" in proc.stdout
     every = config(model).training.checkpoint_every
     # The committed steps, read from the folder names: a `Checkpointer` opened here would start
     # orbax's background removal of the killed save's tmp folder, racing the resumed run's own.
-    steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     # the step being saved either committed whole or is absent
     assert steps and max(steps) in (kill_at - every, kill_at), steps
 
-    resumed = run(tmp_path / "run", max_steps, model)
+    resumed = run(workdir, max_steps, model)
     assert resumed.resumed_from in (kill_at - every, kill_at)
     assert int(resumed.state["step"]) == max_steps
     full = run(tmp_path / "full", max_steps, model)
     # the log has each step once: lines written after the restored checkpoint were dropped
-    logged = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    logged = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").open()]
     assert logged == [x["step"] for x in full.history]
     return resumed, full
 

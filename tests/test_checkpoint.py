@@ -6,10 +6,10 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 import warnings
 
+import _child
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -274,25 +274,31 @@ def test_save_never_replaces_a_step_it_did_not_list(tmp_path):
         assert_same(ckpt.restore(5, init_state())[0], state_at(5))
 
 
-def test_sigkill_mid_save_keeps_previous_step(tmp_path):
-    child_path = os.path.join(TESTS, "_ckpt_child.py")
+CKPT_CHILD = os.path.join(TESTS, "_ckpt_child.py")
+
+
+def _killed_save():
+    """`_ckpt_child.py` in a scratch folder: (the folder, the finished process)."""
+    folder = _child.scratch()
     repo = os.path.dirname(TESTS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, child_path, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return folder, _child.run([sys.executable, CKPT_CHILD, str(folder)], 300, env=env)
+
+
+# the killed child, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {"test_sigkill_mid_save_keeps_previous_step": _killed_save}
+
+
+def test_sigkill_mid_save_keeps_previous_step(request):
+    folder, proc = _child.result(__file__, request.node.name, BACKGROUND)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert "step 2 committed=False" in proc.stdout  # the kill did land mid-save
-    assert sorted(os.listdir(tmp_path)) == ["1", "2.orbax-checkpoint-tmp"]
+    assert sorted(os.listdir(folder)) == ["1", "2.orbax-checkpoint-tmp"]
 
-    spec = importlib.util.spec_from_file_location("_ckpt_child", child_path)
+    spec = importlib.util.spec_from_file_location("_ckpt_child", CKPT_CHILD)
     child = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(child)
-    with Checkpointer(tmp_path, save_every=1, keep=1) as ckpt:
+    with Checkpointer(folder, save_every=1, keep=1) as ckpt:
         assert ckpt.all_steps() == [1]
         with warnings.catch_warnings():
             warnings.simplefilter("error", CorruptCheckpointWarning)
@@ -300,8 +306,8 @@ def test_sigkill_mid_save_keeps_previous_step(tmp_path):
         assert (step, meta) == (1, {"step": 1})
         assert_same(state, child.make_state(1))
         assert ckpt.save(2, child.make_state(2), {"step": 2})  # saving works again
-    assert os.listdir(tmp_path) == ["2"]  # tmp folder cleaned up; 1 deleted once 2 was in
-    with Checkpointer(tmp_path, save_every=1) as ckpt:
+    assert os.listdir(folder) == ["2"]  # tmp folder cleaned up; 1 deleted once 2 was in
+    with Checkpointer(folder, save_every=1) as ckpt:
         state, meta, step = ckpt.restore_or_init(child.init_state)
     assert (step, meta) == (2, {"step": 2})
     assert_same(state, child.make_state(2))

@@ -12,12 +12,16 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+try:
+    import _child  # tests/: on the path under pytest
+except ImportError:  # `python -m tests.<this module>`: the child itself, which needs none
+    _child = None
 
 ROOT = Path(__file__).parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -53,13 +57,24 @@ def load_hooks():
     return hooks
 
 
-def test_the_site_builds_offline_in_strict_mode(tmp_path):
-    site = tmp_path / "site"
+def _build_site():
+    """The strict offline build into a scratch folder: (the folder, the finished process)."""
+    site = _child.scratch() / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", OFFLINE_BUILD, str(site), str(ROOT / "mkdocs.yml")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    argv = [sys.executable, "-c", OFFLINE_BUILD, str(site), str(ROOT / "mkdocs.yml")]
+    return site, _child.run(argv, 300, env=env, cwd=ROOT)
+
+
+# The children, started in the background when the tests are collected (tests/_child.py): the
+# build, and the marked examples run by `main`.
+BACKGROUND = {
+    "test_the_site_builds_offline_in_strict_mode": _build_site,
+    "ran": lambda: _child.last_json_line("tests.test_docs"),
+}
+
+
+def test_the_site_builds_offline_in_strict_mode():
+    site, run = _child.result(__file__, "test_the_site_builds_offline_in_strict_mode", BACKGROUND)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-5000:]
     assert "NETWORK ACCESS" not in out, out[-5000:]
@@ -158,9 +173,7 @@ def test_every_jaxae_module_has_an_api_page():
 @pytest.fixture(scope="module")
 def ran(fashion_mnist):
     """{'page:i': 'ok' or the error} from running every marked example in a child process."""
-    from _child import last_json_line  # tests/: on the path under pytest only
-
-    return last_json_line("tests.test_docs")
+    return _child.result(__file__, "ran", BACKGROUND)
 
 
 def test_every_python_example_of_the_pages_is_run_somewhere():

@@ -1,10 +1,10 @@
 """Issue 23, "a researcher's first hour": a misspelt config override on the command line, and
 runs saved before models knew their pixel scale."""
 
-import subprocess
 import sys
 from pathlib import Path
 
+import _child  # tests/: on the path under pytest
 import numpy as np
 import optax
 import pytest
@@ -17,27 +17,47 @@ ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (8, 8, 1)
 
 
-@pytest.mark.parametrize(
-    "config_args, line",
-    [
-        # a misspelt override: ml_collections printed a 55-line traceback
-        (["experiments/configs/demo.py", "--config.trainig.epochs=1"],
-         "error: unknown config field 'trainig.epochs': did you mean 'training.epochs'? "
-         "(all fields: jaxae.config.default())"),
-        # a config file refusing its argument: absl's "FATAL Flags parsing error" and a traceback
-        (["experiments/configs/pae.py:eight"],
-         "error: pae.py:eight: the argument is K[,cpu], with K (the latent dimension) a positive "
-         "integer, got K = 'eight'; e.g. --config experiments/configs/pae.py:32"),
-    ],
-)  # fmt: skip
-def test_a_bad_config_is_one_line_and_exit_status_2(tmp_path, config_args, line):
-    """`python -m experiments.train` with a bad config: one line, exit status 2, no run folder."""
+BAD_CONFIGS = {  # id -> (the --config arguments, the one line expected)
+    # a misspelt override: ml_collections printed a 55-line traceback
+    "misspelt-override": (
+        ["experiments/configs/demo.py", "--config.trainig.epochs=1"],
+        "error: unknown config field 'trainig.epochs': did you mean 'training.epochs'? "
+        "(all fields: jaxae.config.default())",
+    ),
+    # a config file refusing its argument: absl's "FATAL Flags parsing error" and a traceback
+    "bad-argument": (
+        ["experiments/configs/pae.py:eight"],
+        "error: pae.py:eight: the argument is K[,cpu], with K (the latent dimension) a positive "
+        "integer, got K = 'eight'; e.g. --config experiments/configs/pae.py:32",
+    ),
+}
+
+
+def _train_with(config_args):
+    """`python -m experiments.train --config ARGS` into a scratch folder: (the run folder it was
+    given, the finished process)."""
+    workdir = _child.scratch() / "run"
     cmd = [sys.executable, "-m", "experiments.train", "--config", *config_args, "--workdir",
-           str(tmp_path / "run")]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+           str(workdir)]  # fmt: skip
+    return workdir, _child.run(cmd, 120, cwd=ROOT)
+
+
+# the commands, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {
+    f"test_a_bad_config_is_one_line_and_exit_status_2[{name}]": (
+        lambda args=args: _train_with(args)
+    )
+    for name, (args, _) in BAD_CONFIGS.items()
+}
+
+
+@pytest.mark.parametrize("name", BAD_CONFIGS)
+def test_a_bad_config_is_one_line_and_exit_status_2(request, name):
+    """`python -m experiments.train` with a bad config: one line, exit status 2, no run folder."""
+    workdir, out = _child.result(__file__, request.node.name, BACKGROUND)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [line]
-    assert not (tmp_path / "run").exists()
+    assert out.stderr.strip().splitlines() == [BAD_CONFIGS[name][1]]
+    assert not workdir.exists()
 
 
 def test_the_unknown_override_and_its_closest_field():

@@ -28,6 +28,11 @@ import pytest
 
 from jaxae import data, models, objectives, parallel, train
 
+try:
+    import _child  # tests/: on the path under pytest
+except ImportError:  # `python -m tests.<this module>`: the child itself, which needs none
+    _child = None
+
 
 def _cpu_vendor() -> str:
     try:
@@ -76,11 +81,13 @@ def main():
     print(json.dumps(out))
 
 
+# the losses' child, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {"recomputed": lambda: _child.last_json_line("tests.test_golden", devices=1)}
+
+
 @pytest.fixture(scope="module")
 def recomputed(fashion_mnist):
-    from _child import last_json_line  # tests/: on the path under pytest only
-
-    return last_json_line("tests.test_golden", devices=1)
+    return _child.result(__file__, "recomputed", BACKGROUND)
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN["cases"]))

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import _child
 import _multihost_child as child
 import numpy as np
 
@@ -39,6 +40,7 @@ def _start(out: Path, port: int, logs: list[Path]) -> list[subprocess.Popen]:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     env.pop("XLA_FLAGS", None)  # a forced host device count would override JAX_NUM_CPU_DEVICES
+    env = _child.child_env(env)  # the background children's compilation cache
     script = Path(__file__).with_name("_multihost_child.py")
     procs = []
     for i, log in enumerate(logs):
@@ -84,9 +86,18 @@ def _run_children(out: Path) -> str:
     return text
 
 
-def test_two_processes_match_one(tmp_path):
-    out = tmp_path / "params.npz"
-    logs = _run_children(out)
+def _two_processes():
+    """The two-process run, in a scratch folder: (its parameters file, the logs)."""
+    out = _child.scratch() / "params.npz"
+    return out, _run_children(out)
+
+
+# the two processes, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {"test_two_processes_match_one": _two_processes}
+
+
+def test_two_processes_match_one(request):
+    out, logs = _child.result(__file__, request.node.name, BACKGROUND)
     assert out.exists(), f"process 0 wrote no parameters:\n{logs}"
     with np.load(out) as f:
         multi = {k: f[k] for k in f.files}

@@ -12,17 +12,24 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import _child  # tests/: on the path under pytest
+except ImportError:  # `python -m tests.<this module>`: the child itself, which needs none
+    _child = None
+
 ROOT = Path(__file__).parent.parent
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 NEW_MODEL = [i for i, code in enumerate(BLOCKS) if "@models.register" in code]
 
 
+# the examples' child, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {"ran": lambda: _child.last_json_line("tests.test_readme")}
+
+
 @pytest.fixture(scope="module")
 def ran(fashion_mnist):
     """{block index: 'ok' or the error} from running every example block in a child."""
-    from _child import last_json_line  # tests/: on the path under pytest only
-
-    return {int(k): v for k, v in last_json_line("tests.test_readme").items()}
+    return {int(k): v for k, v in _child.result(__file__, "ran", BACKGROUND).items()}
 
 
 def test_the_readme_has_its_examples():

@@ -17,10 +17,10 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import _child  # tests/: on the path under pytest, and in the killed child
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,20 +300,33 @@ def _run_then_die(workdir: str, kill_at: int) -> None:
     _train(E2E, workdir)
 
 
-def test_a_critic_model_killed_mid_run_resumes_bit_for_bit(e2e, tmp_path):
-    kill_at, every = 4, 2  # killed saving epoch 2's end: epoch 1's or 2's checkpoint remains
+KILL_AT, EVERY = 4, 2  # killed saving epoch 2's end: epoch 1's or 2's checkpoint remains
+
+
+def _killed_run():
+    """The child of `_run_then_die`, in a scratch folder: (its run folder, the process)."""
+    workdir = _child.scratch() / "run"
     tests, root = Path(__file__).parent, Path(__file__).parents[1]
     code = (f"import sys; sys.path.insert(0, {str(tests)!r}); import test_regularized as t; "
-            f"t._run_then_die({str(tmp_path / 'run')!r}, {kill_at})")  # fmt: skip
+            f"t._run_then_die({str(workdir)!r}, {KILL_AT})")  # fmt: skip
     path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": path}
+    return workdir, _child.run([sys.executable, "-c", code], 300, env=env)
+
+
+# the killed child, started in the background when the tests are collected (tests/_child.py)
+BACKGROUND = {"test_a_critic_model_killed_mid_run_resumes_bit_for_bit": _killed_run}
+
+
+def test_a_critic_model_killed_mid_run_resumes_bit_for_bit(request, e2e):
+    kill_at, every = KILL_AT, EVERY
+    workdir, proc = _child.result(__file__, request.node.name, BACKGROUND)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert f"killing at step {kill_at}" in proc.stderr
-    saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved and max(saved) in (kill_at - every, kill_at), saved
 
-    resumed, full = _train(E2E, tmp_path / "run"), e2e  # the same run, never interrupted
+    resumed, full = _train(E2E, workdir), e2e  # the same run, never interrupted
     assert resumed["result"].resumed_from in (kill_at - every, kill_at)
     assert resumed["summary"]["steps"] == E2E_STEPS
     a, b = resumed["result"].state, full["result"].state
@@ -326,7 +339,7 @@ def test_a_critic_model_killed_mid_run_resumes_bit_for_bit(e2e, tmp_path):
     # the log has each epoch once, with the uninterrupted run's numbers
     strip = lambda lines: [{k: v for k, v in x.items() if k not in ("seconds", "examples_per_s")}
                            for x in lines]  # noqa: E731  # fmt: skip
-    assert strip(_log(tmp_path / "run")) == strip(_log(full["workdir"]))
+    assert strip(_log(workdir)) == strip(_log(full["workdir"]))
 
 
 # --- each regularizer by hand ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from jaxae import config as jconfig
 from jaxae import models, objectives, parallel, train
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _child  # noqa: E402
 import _train_child as child  # noqa: E402
 
 B = 16
@@ -193,10 +194,21 @@ def test_one_and_four_devices_agree(fitted, model):
         assert len(jax.tree.leaves(four.state["model_state"])) == 2  # running mean and variance
 
 
+# The killed child runs (SIGKILL during the save at step 9, mid-epoch), started in the background
+# when the tests are collected (tests/_child.py).
+BACKGROUND = {
+    f"test_resume_after_kill_is_bit_exact[{model}]": (
+        lambda model=model: child.killed_run(model, max_steps=15, kill_at=9)
+    )
+    for model in ("bn", "gan")
+}
+
+
 @pytest.mark.parametrize("model", ["bn", "gan"])
-def test_resume_after_kill_is_bit_exact(tmp_path, model):
-    # kill during the save at step 9 (mid-epoch); resume from step 6 or 9
-    resumed, full = child.kill_then_resume(tmp_path, model, max_steps=15, kill_at=9)
+def test_resume_after_kill_is_bit_exact(request, tmp_path, model):
+    # killed during the save at step 9; resumed from step 6 or 9
+    killed = _child.result(__file__, request.node.name, BACKGROUND)
+    resumed, full = child.kill_then_resume(killed, tmp_path, model, max_steps=15, kill_at=9)
     assert jax.tree.structure(full.state) == jax.tree.structure(resumed.state)
     for a, b in zip(_leaves(full.state), _leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
