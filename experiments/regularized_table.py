@@ -898,7 +898,8 @@ def ablation_config(loss: str, profile: str):
     c = gmmdae.get_config("mnist" if profile == "paper" else "mnist,cpu")
     epochs = ABLATION_EPOCHS[profile]
     c.model.latent_dim = 2
-    c.gmmdae.update(use_cov=loss in ("cov", "both"), use_ks=loss in ("ks", "both"))
+    c.gmmdae.update(use_cov=loss in ("cov", "both"), use_ks=loss in ("ks", "both"),
+                    prior_means=ABLATION_MEANS)  # fmt: skip
     c.data.val_size = 0
     c.optimizer.decay_epochs = ()
     c.training.update(epochs=epochs, keep_checkpoints=epochs)
@@ -910,15 +911,11 @@ def ablation_config(loss: str, profile: str):
 
 def train_subset(config, workdir: Path, images: np.ndarray, progress: bool) -> None:
     """Train (or resume) the config's GMM-DAE on `images` (uint8 [N, 32, 32, 1]) with
-    `jaxae.train.fit`, as `experiments.train.train_and_evaluate` does on a whole dataset.
-
-    The prior means (3, 3), (-3, -3) go into the model's description, not the config: a config
-    setting holds a flat tuple only (`jaxae.config`), and the description (saved with every
-    checkpoint) is what the run is restored from. The digits and means are saved in each
-    checkpoint's meta too.
+    `jaxae.train.fit`, as `experiments.train.train_and_evaluate` does on a whole dataset (the
+    digits are saved in each checkpoint's meta).
     """
     dc, tc = config.data, config.training
-    settings = {**config.gmmdae.to_dict(), "prior_means": ABLATION_MEANS}
+    settings = config.gmmdae.to_dict()
     spec = {**config.model.to_dict(), "image_shape": list(images.shape[1:]), "scale": dc.scale,
             "settings": settings}  # fmt: skip
     model = models.build({**spec, "seed": tc.seed}, force=False)
@@ -929,7 +926,7 @@ def train_subset(config, workdir: Path, images: np.ndarray, progress: bool) -> N
         config, workdir, params=params, model_state=model_state, update=update,
         train={"image": images}, prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
         progress=progress, model=model.spec,
-        extra_meta={"digits": list(ABLATION_DIGITS), "prior_means": ABLATION_MEANS},
+        extra_meta={"digits": list(ABLATION_DIGITS)},
     )  # fmt: skip
 
 

@@ -218,9 +218,15 @@ def _same_type(value, default) -> bool:
         return _is_int(value)
     if isinstance(default, float):
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(default, tuple):
+    if isinstance(default, tuple):  # of scalars, or of rows of scalars (a GMM's means)
         scalar = (bool, int, float, str)
-        return isinstance(value, tuple | list) and all(isinstance(v, scalar) for v in value)
+
+        def ok(v):
+            return isinstance(v, scalar) or (
+                isinstance(v, tuple | list) and all(isinstance(u, scalar) for u in v)
+            )
+
+        return isinstance(value, tuple | list) and all(ok(v) for v in value)
     return isinstance(value, type(default))
 
 

@@ -645,3 +645,17 @@ def test_an_unknown_setting_in_the_config_is_named():
     with pytest.raises(ValueError, match=r"unknown config field 'wae\.wieght': did you mean "
                        r"'wae\.weight'\?"):  # fmt: skip
         jconfig.validate(d)
+
+
+def test_a_config_holds_a_user_given_mixture_prior():
+    """gmmdae.prior_means is a tuple of rows in the config (a user-given GMM, as the appendix's
+    Figure 3 uses), checked by `config.validate`; a row that is not numbers is refused."""
+    from jaxae import config as jconfig
+
+    c = jconfig.default("gmmdae")
+    c.model.latent_dim = 2
+    c.gmmdae.update(prior_means=((3.0, 3.0), (-3.0, -3.0)), prior_weights=(0.25, 0.75))
+    jconfig.validate(c)
+    c.gmmdae.prior_means = ((3.0, 3.0), (-3.0, {"x": 1}))
+    with pytest.raises(ValueError, match=r"gmmdae.prior_means=.*must be a tuple"):
+        jconfig.validate(c)
