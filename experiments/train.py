@@ -183,10 +183,42 @@ def config_file_error(error: Exception) -> ValueError | None:
     return error if isinstance(error, ValueError) else None
 
 
+def other_kind_override(argv) -> str | None:
+    """For ``--config.<kind>.<field>`` overrides of a model kind's settings that the config has
+    no section for (``--config.wae.weight=5`` on an RAE config, which ml_collections refuses
+    with a bare KeyError): `jaxae.config.validate`'s one line about that section (another kind's
+    settings), found by parsing the flags again without those overrides; else None."""
+    sections = [m.group(1) for arg in argv
+                if (m := re.match(r"--?(?:no)?config\.([^.=]+)\.", arg))]  # fmt: skip
+    kinds = {s for s in sections if s not in jconfig.SECTIONS and s in jconfig.known_fields()}
+    if not kinds:
+        return None
+    pattern = rf"--?(?:no)?config\.({'|'.join(kinds)})\."
+    given = [a for a in argv if re.match(pattern, a)]
+    rest = [a for a in argv if a not in given]
+    saved = sys.argv
+    sys.argv = rest  # ml_collections reads the overrides from sys.argv
+    try:
+        flags.FLAGS(rest)
+    except (flags.Error, KeyError, AttributeError):
+        return None
+    finally:
+        sys.argv = saved
+    d = _CONFIG.value.to_dict()
+    for section in kinds:
+        d.setdefault(section, {})
+    try:
+        jconfig.validate(d)
+    except ValueError as e:
+        return f"{given[0]}: {e}"
+    return None
+
+
 def parse_flags(argv):
     """`app.run`'s flag parsing, with a misspelt config override (``--config.trainig.epochs=1``)
-    reported in one line naming the closest field, and exit status 2 (a usage error); so is a
-    config file's refusal of its argument (``pae.py:eight``)."""
+    reported in one line naming the closest field, and exit status 2 (a usage error); so are a
+    config file's refusal of its argument (``pae.py:eight``) and an override of another model
+    kind's settings (``--config.wae.weight=5`` on an RAE config)."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -199,9 +231,10 @@ def parse_flags(argv):
         # ml_collections raises these from its override parsing (`config_flags`' _ConfigFlag
         # parse) for a field the config lacks, as a 55-line traceback.
         field = unknown_override(argv)
-        if field is None:
+        message = jconfig.unknown_field(field) if field else other_kind_override(argv)
+        if message is None:
             raise
-        print(f"error: {jconfig.unknown_field(field)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

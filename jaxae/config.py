@@ -49,6 +49,10 @@ RESUMABLE = (
     ),  # fmt: skip
 )
 
+# Config files of experiments/configs/ named like a model kind but building another one (the
+# regularized family's list names them beside the kinds): the kind each builds.
+CONFIG_FILES = {"betavae": "vae", "twostage_vae": "vae", "pae_ae": "ae", "pae_vae": "vae"}
+
 
 def default(kind: str | None = None) -> ml_collections.ConfigDict:
     """Every field with its default: the 784-32-784 MLP autoencoder on Fashion-MNIST.
@@ -59,7 +63,8 @@ def default(kind: str | None = None) -> ml_collections.ConfigDict:
     line as ``--config.wae.weight=5``.
 
     Raises:
-      ValueError: `kind` is not a registered model kind (naming what to import).
+      ValueError: `kind` is not a registered model kind (naming what to import, or for a
+        config file's name, `CONFIG_FILES`, the kind that file builds).
     """
     c = ml_collections.ConfigDict()
     c.data = dict(
@@ -111,7 +116,7 @@ def default(kind: str | None = None) -> ml_collections.ConfigDict:
         from jaxae import models  # here: models imports this module (SCALES)
 
         if kind not in models.KINDS:
-            raise ValueError(f"config.default({kind!r}): {models.not_registered(kind)}")
+            raise ValueError(f"config.default({kind!r}): {_not_a_kind(kind)}")
         c.model.kind = kind
         if models.KINDS[kind].settings:
             c[kind] = dict(models.KINDS[kind].settings)
@@ -153,10 +158,21 @@ def _kinds() -> dict:
     return models.KINDS
 
 
-def _unregistered(kind, module: str | None = None) -> str:
+def _not_a_kind(kind, module: str | None = None) -> str:
+    """Why `kind` is no model kind: a config file's name (`CONFIG_FILES`), or not registered."""
     from jaxae import models
 
-    return f"config model.kind={kind!r}: {models.not_registered(kind, module)}"
+    if isinstance(kind, str) and kind in CONFIG_FILES:
+        return (
+            f"{kind!r} is not a model kind: experiments/configs/{kind}.py is a config of kind "
+            f"{CONFIG_FILES[kind]!r} (its get_config(), or jaxae.config.default("
+            f"{CONFIG_FILES[kind]!r}))"
+        )
+    return models.not_registered(kind, module)
+
+
+def _unregistered(kind, module: str | None = None) -> str:
+    return f"config model.kind={kind!r}: {_not_a_kind(kind, module)}"
 
 
 def known_fields() -> list[str]:

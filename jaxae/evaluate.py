@@ -6,7 +6,8 @@ Command:
 
 It restores the newest readable checkpoint of the run (the model is rebuilt from the
 description `train.fit(model=...)` saved with it), then measures on the test set of the run's
-dataset, and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
+dataset (a run trained on arrays of your own, whose config names the default dataset, is
+refused: `TrainingDataError`), and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
 - reconstruction: per-pixel MSE and PSNR of the clipped reconstructions, and their FID, KID and
   precision/recall against the test images ("reconstruction FID");
 - likelihood, where the model has one: test NLL in nats per image and bits per dimension;
@@ -27,6 +28,7 @@ own images.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -217,7 +219,8 @@ def samplers(
     'prior' (the model's own prior, `prior_sample`: N(0, I) unless it has another, e.g. the
     GMM-DAE's mixture), 'gaussian' (a Gaussian fitted to the training codes), for a model with a
     fitted latent density (the PAE) 'flow' (its ``sample_codes``, Eq. 6), and every sampler
-    fitted into the run folder (`fit_sampler`: ``<run>/samplers/<name>``)."""
+    fitted into the run folder (`fit_sampler`: ``<run>/samplers/<name>``, loaded when drawn
+    from, so that a stale one is an error only where it is used: `check_samplers` names it)."""
     if fns.decode is None or train_images is None:
         return {}
     fitted = getattr(model, "fitted", None)
@@ -226,8 +229,9 @@ def samplers(
         latent["flow"] = lambda key, n: np.asarray(model.sample_codes(key, n))
     if run_dir is not None:
         for name in fitted_samplers(run_dir):
-            sampler = load_sampler(run_dir, name, restored)
-            latent[name] = lambda key, n, s=sampler: np.asarray(s.sample(key, n), np.float32)
+            latent[name] = lambda key, n, name=name: np.asarray(
+                load_sampler(run_dir, name, restored).sample(key, n), np.float32
+            )
     if pad_to_32:
         train_images = jdata.pad32(train_images)
     codes = _batched(fns.encode, _unit(train_images)).astype(np.float64)
@@ -257,6 +261,49 @@ class SamplerNotFittedError(ValueError):
     checkpoint of the run)."""
 
 
+class TrainingDataError(ValueError):
+    """A run's config names a dataset whose training split is not what the run was trained on:
+    `train.fit` on arrays of the user's own records the config's default dataset, so its codes or
+    test set would silently be another data set's."""
+
+
+def _run_data(restored, run_dir, data_dir=None, *, fix: str, check_size=True) -> jdata.Dataset:
+    """The dataset of the run's config, split as the run's training split it (config.data:
+    dataset, val_size, pad_to_32; training.seed), checked against the model's image shape and
+    against the training data the checkpoint recorded (``meta['data']``): another number of
+    images than that split is refused unless the run recorded files of this dataset (by name: a
+    subset of its images, e.g. `experiments/vpae_table.py`'s runs), `check_size` is False, or
+    the run was saved without these fields.
+
+    Raises:
+      TrainingDataError: the sizes differ; the message ends with `fix`, what to do instead.
+      ValueError: the images are not of the model's shape (`jaxae.data.check_image_shape`).
+    """
+    dc, tc = restored.config.data, restored.config.training
+    ds = jdata.load(dc.dataset, data_dir=data_dir, val_size=dc.val_size, pad_to_32=dc.pad_to_32,
+                    seed=tc.seed)  # fmt: skip
+    data = restored.meta.get("data", {})
+    recorded, files = data.get("num_examples"), {Path(f).name for f in data.get("files", [])}
+    subset = files and files <= {Path(f).name for f in ds.files}
+    if check_size and recorded not in (None, len(ds.train.images)) and not subset:
+        raise TrainingDataError(
+            f"{run_dir} was trained on {recorded:,} images, not on the {len(ds.train.images):,}-"
+            f"image training split of {dc.dataset!r} that its config names (data.dataset, "
+            f"data.val_size) nor on images read from its files (train.fit on arrays of your own "
+            f"records the default dataset): {fix}"
+        )
+    for split in ("train", "test"):
+        jdata.check_image_shape(getattr(ds, split).images, restored.model.image_shape,
+                                f"the {dc.dataset} {split} images")  # fmt: skip
+    return ds
+
+
+def _encode(fns: Functions, images: np.ndarray) -> np.ndarray:
+    """The codes [N, d] of checked images (`jaxae.data.check_images`: uint8, or floats in
+    [0, 1])."""
+    return _batched(fns.encode, _unit(images) if images.dtype == np.uint8 else images)
+
+
 def fitted_samplers(run_dir) -> list[str]:
     """The names of the samplers fitted into a run folder (`fit_sampler`), sorted."""
     folder = Path(run_dir) / SAMPLER_DIR
@@ -267,44 +314,72 @@ def _fit_hint(run_dir, name: str) -> str:
     return f"`python -m jaxae.evaluate --run {run_dir} --fit-sampler {name}`"
 
 
+def _images_hint(run_dir, name: str) -> str:
+    return (f"pass the images it was trained on, evaluate.fit_sampler({str(run_dir)!r}, "
+            f"{name!r}, images=train_images), or fit jaxae.priors.fit on codes of your "
+            "own")  # fmt: skip
+
+
 def fit_sampler(
-    run_dir, name: str, *, seed: int = 0, data_dir=None, restored=None, **options
-) -> priors.Sampler:
+    run_dir, name: str, *, images=None, val_images=None, seed: int = 0, data_dir=None,
+    restored=None, verbose: bool = False, **options,
+) -> priors.Sampler:  # fmt: skip
     """Fit the ex-post sampler `name` (`jaxae.priors.SAMPLERS`: gaussian, gmm, flow, vae) to the
     codes of the run's training images, early-stopped (flow, vae) on its validation images'
     codes (else 10% of the training codes), and save it in ``<run>/samplers/<name>`` with the
     checkpoint it was fitted on (step and fingerprint); `load_sampler` and `samplers` read it.
 
-    The training split is the run's own (`config.data`: dataset, val_size, pad_to_32, seed), so
-    the sampler never sees the run's validation or test images. `options` go to
-    `jaxae.priors.fit` (e.g. ``components=10`` for 'gmm').
+    Without `images` the training split is the run's own (`config.data`: dataset, val_size,
+    pad_to_32; `training.seed`), so the sampler never sees the run's validation or test images;
+    a run whose checkpoint records another number of training images (`train.fit` on arrays of
+    your own) is refused rather than fitted to another data set's codes. `images` (and
+    `val_images`): the training (validation) images to encode instead, uint8 or floats in
+    [0, 1] of the model's shape (`jaxae.data.check_images`); ``fitted_on.json`` then records
+    ``"images": "given"`` and their count. `options` go to `jaxae.priors.fit` (e.g.
+    ``components=10`` for 'gmm'). `verbose`: print one line before the fit (what, on how many
+    codes).
 
     Raises:
-      ValueError: an unknown sampler or option; a model without vector codes (the VPAE CNN); a
-        PAE asked for 'flow' (its own latent flow is that sampler already).
+      TrainingDataError: no `images`, and the run was not trained on its config's dataset split.
+      ValueError: an unknown sampler or option; images not of the model's shape; a model without
+        vector codes (the VPAE CNN); a PAE asked for 'flow' (its own latent flow is that sampler
+        already).
     """
     if name not in priors.SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: the samplers fitted to codes are "
                          f"{sorted(priors.SAMPLERS)} ('prior' is the model's own)")  # fmt: skip
+    priors.check_options(name, options)  # before encoding a data set
     restored = restored or restore(run_dir)
     if name == "flow" and hasattr(restored.model, "sample_codes"):
         raise ValueError(f"{run_dir} is a PAE: its own latent flow is its 'flow' sampler")
     fns = functions(restored)
     if fns.encode is None:
         raise ValueError(f"{run_dir}: the model's code is not a vector: it has no sampler")
-    dc, tc = restored.config.data, restored.config.training
-    ds = jdata.load(dc.dataset, data_dir=data_dir, val_size=dc.val_size, pad_to_32=dc.pad_to_32,
-                    seed=tc.seed)  # fmt: skip
-    codes = _batched(fns.encode, _unit(ds.train.images))
-    val = None if ds.val is None else _batched(fns.encode, _unit(ds.val.images))
+    shape = restored.model.image_shape
+    if val_images is not None:
+        val_images = jdata.check_images(val_images, "val_images", shape=shape)
+    if images is not None:
+        train = jdata.check_images(images, "images", shape=shape)
+        source = {"images": "given"}
+    else:
+        ds = _run_data(restored, run_dir, data_dir, fix=_images_hint(run_dir, name))
+        train = ds.train.images
+        if val_images is None and ds.val is not None:
+            val_images = ds.val.images
+        source = {"images": "dataset", "dataset": restored.config.data.dataset}
+    if verbose:
+        what = "given" if images is not None else f"{restored.config.data.dataset} training"
+        print(f"fitting the {name!r} sampler{f' {options}' if options else ''} to the codes of "
+              f"{len(train):,} {what} images of {run_dir}", flush=True)  # fmt: skip
+    codes = _encode(fns, train)
+    val = None if val_images is None else _encode(fns, val_images)
     sampler = priors.fit(name, codes, key=jax.random.PRNGKey(seed), val_codes=val, **options)
     stages = checkpoint.stage_dirs(run_dir)
     fitted_on = checkpoint.stage_record(stages[-1], restored.step, stage=len(stages),
                                         name="model")  # fmt: skip
     folder = sampler.save(Path(run_dir) / SAMPLER_DIR / name)
-    (folder / "fitted_on.json").write_text(json.dumps(
-        {**fitted_on, "seed": seed, "options": options, "num_codes": len(codes)}, indent=2
-    ) + "\n")  # fmt: skip
+    record = {**fitted_on, "seed": seed, "options": options, **source, "num_codes": len(codes)}
+    (folder / "fitted_on.json").write_text(json.dumps(record, indent=2) + "\n")
     return sampler
 
 
@@ -354,33 +429,51 @@ def evaluate_run(
     out=None,
     only_samplers=None,
     fid: bool = True,
+    same_dataset: bool = False,
 ) -> dict:
     """Restore a run, measure it (see the module docstring), write JSON and markdown.
 
     `only_samplers`: names of the samplers to score (default: every one the model supports).
     `fid=False`: reconstruction error and likelihood only (no Inception features, no samples),
-    on the first `num_samples` test images; the result then has no 'protocol' or
-    'num_samples'. Each figure records the number of images behind it ('num_images', and
-    'num_reference' for FID/KID/precision/recall).
+    on the first `num_samples` test images (any count: no FID protocol applies); the result
+    then has no 'protocol' or 'num_samples'. Each figure records the number of images behind it
+    ('num_images', and 'num_reference' for FID/KID/precision/recall).
+
+    The test set is that of the run's config (`config.data.dataset`). A run whose checkpoint
+    records another number of training images than that dataset's training split (`train.fit`
+    on arrays of your own, which records the default dataset) is refused; `same_dataset=True`
+    evaluates it anyway, for a run trained on a subset of that dataset's training images.
+
+    Raises:
+      TrainingDataError: the run was not trained on its config's dataset split (see above).
+      SamplerNotFittedError: a sampler asked for (or a stale one fitted) is not usable.
+      ValueError: other bad input, e.g. a count off the protocol without `quick`.
     """
     t0 = time.perf_counter()
-    restored = restore(run_dir)
-    dc = restored.config.data
-    if not quick and num_samples != STANDARD_COUNT:
+    if fid and not quick and num_samples != STANDARD_COUNT:
         raise ValueError(
             f"the protocol uses {STANDARD_COUNT} samples; pass --quick to use {num_samples}"
         )
+    restored = restore(run_dir)
+    dc = restored.config.data
+    fns = functions(restored)
+    # Before any slow work: a missing or stale sampler is a usage error, named by itself.
+    if only_samplers is not None or (fid and fitted_samplers(run_dir)):
+        names = fitted_samplers(run_dir) if only_samplers is None else only_samplers
+        check_samplers(run_dir, names, fns, restored)
+    fix = ("its test set is not that dataset's; score it on images of your own in Python "
+           "(evaluate.log_prob, evaluate.functions), or, trained on a subset of that dataset's "
+           "training images, pass --same-dataset (evaluate_run(same_dataset=True))")  # fmt: skip
+    ds = _run_data(restored, run_dir, data_dir, fix=fix, check_size=not same_dataset)
+    if num_samples > len(ds.test.images):
+        raise ValueError(f"{dc.dataset} test has {len(ds.test.images)} images, fewer than "
+                         f"{num_samples} asked")  # fmt: skip
+    test = ds.test.images[:num_samples]  # the images the reference features are of
     mesh = parallel.data_mesh()
-    test = reference_images(
-        dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir
-    )  # the images the reference features are of
 
     def embed(images):
         return inception.features(images, weights=weights, mesh=mesh, progress=progress)
 
-    fns = functions(restored)
-    if only_samplers is not None:  # before any slow work: a missing sampler is a usage error
-        check_samplers(run_dir, only_samplers, fns)
     x = _unit(test)
     recon = _batched(fns.reconstruct, x, mesh=mesh)
     mse = float(np.mean((recon - x) ** 2))
@@ -414,9 +507,9 @@ def evaluate_run(
             "dequantized): bits per dimension in those units, not a bound on a discrete "
             "likelihood (metrics.bits_per_dim)",
         }
-    train_images = jdata.load_raw(dc.dataset, "train", data_dir).images if fid else None
+    train_images = ds.train.images if fid else None  # padded already, if the run's are
     for i, (name, draw) in enumerate(
-        samplers(fns, train_images, dc.pad_to_32, restored.model, run_dir, restored).items()
+        samplers(fns, train_images, False, restored.model, run_dir, restored).items()
     ):
         if only_samplers is not None and name not in only_samplers:
             continue
@@ -432,34 +525,52 @@ def evaluate_run(
     return result
 
 
-def sample(run_dir, sampler: str, key, n: int, *, restored=None) -> np.ndarray:
-    """n images [n, H, W, C] in [0, 1] decoded from codes drawn by `sampler`: 'prior' (the
-    model's own prior, `prior_sample`, else N(0, I)), 'flow' for a PAE run (its latent flow,
-    Eq. 6), or a sampler fitted into the run folder (`fit_sampler`: gaussian, gmm, flow, vae).
+def sample(run_dir, sampler: str, key, n: int, *, restored=None, data_dir=None) -> np.ndarray:
+    """n images [n, H, W, C] in [0, 1] decoded from codes drawn by `sampler`, the samplers of
+    `samplers`: a sampler fitted into the run folder (`fit_sampler`: gaussian, gmm, flow, vae),
+    'prior' (the model's own prior, `prior_sample`, else N(0, I)), 'flow' for a PAE run (its
+    latent flow, Eq. 6), and 'gaussian' where none is fitted: a Gaussian fitted to the codes of
+    the run's training split at each call (to keep one, `fit_sampler(run, 'gaussian')`).
 
     Raises:
-      SamplerNotFittedError: `sampler` is not fitted into the run (the message says how).
+      ValueError: `n` is not a positive integer; an unknown sampler.
+      SamplerNotFittedError: `sampler` is not fitted into the run, or was fitted on another
+        checkpoint (the message says how to fit it).
+      TrainingDataError: 'gaussian' fitted now, of a run not trained on its config's dataset
+        split: fit it with ``fit_sampler(run, 'gaussian', images=...)`` instead.
     """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"sample: n is the number of images to draw, an integer >= 1; got {n!r}")
     restored = restored or restore(run_dir)
     fns, model = functions(restored), restored.model
-    check_samplers(run_dir, [sampler], fns)
-    if sampler == "prior":
+    check_samplers(run_dir, [sampler], fns, restored)
+    n = int(n)
+    if sampler in fitted_samplers(run_dir):
+        codes = load_sampler(run_dir, sampler, restored).sample(key, n)
+    elif sampler == "prior":
         own = getattr(model, "prior_sample", None)
         codes = own(key, n) if own is not None else jax.random.normal(key, (n, fns.latent_dim))
-    elif sampler == "flow" and hasattr(model, "sample_codes"):
+    elif sampler == "flow":  # check_samplers let it through: the PAE's own
         codes = model.sample_codes(key, n)
-    else:
-        codes = load_sampler(run_dir, sampler, restored).sample(key, n)
+    else:  # 'gaussian', fitted now as `samplers` (and so `evaluate_run`) fits it
+        ds = _run_data(restored, run_dir, data_dir, fix=_images_hint(run_dir, sampler))
+        codes = samplers(fns, ds.train.images, model=model)["gaussian"](key, n)
     return np.asarray(_batched(fns.decode, np.asarray(codes, np.float32)))
 
 
-def check_samplers(run_dir, names, fns: Functions) -> None:
+def check_samplers(run_dir, names, fns: Functions, restored=None) -> None:
     """Raise a named error for a sampler the run cannot give (`SamplerNotFittedError` for one
-    not fitted, ValueError for an unknown name or a model without vector codes)."""
+    not fitted, or, given the `restored` checkpoint, fitted on another one; ValueError for an
+    unknown name or a model without vector codes)."""
     if fns.decode is None:
         raise ValueError(f"{run_dir}: the model's code is not a vector: it has no sampler")
+    fitted = fitted_samplers(run_dir)
     for name in names:
-        if name in ("prior", "gaussian") or name in fitted_samplers(run_dir):
+        if name in fitted:
+            if restored is not None:
+                load_sampler(run_dir, name, restored)  # raises if stale, naming `name`
+            continue
+        if name in ("prior", "gaussian"):
             continue
         if name == "flow" and (Path(run_dir) / "stage2").is_dir():
             continue  # the PAE's own latent flow
@@ -511,9 +622,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _fit_option(text: str) -> tuple[str, object]:
+    """--fit-option NAME=VALUE: the value as a Python literal (5, 1e-3, (64, 64), None), else as
+    the text itself (nsf)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. epochs=5), got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, TypeError, SyntaxError):
+        return name.strip(), value.strip()
+
+
 def main(argv=None) -> dict:
     """The command line, ``python -m jaxae.evaluate --run RUN [--quick] [--no-fid]``: `evaluate_run`
-    on a run folder; returns its result.
+    on a run folder, after fitting the samplers of ``--fit-sampler`` (each with the options of
+    ``--fit-option``); returns its result.
 
     Raises:
       SystemExit: 2, after one ``error: ...`` line on stderr, for bad arguments, a missing run,
@@ -522,7 +646,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (holds checkpoints/)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} samples, marked as such")
-    p.add_argument("--samples", type=int, default=None, help="with --quick: how many")
+    p.add_argument(
+        "--samples", type=int, default=None, help="with --quick or --no-fid: how many images"
+    )
     p.add_argument(
         "--no-fid", action="store_true",
         help="reconstruction error and likelihood only: no Inception features, no samples",
@@ -536,24 +662,45 @@ def main(argv=None) -> dict:
         help=f"first fit this ex-post sampler ({', '.join(sorted(priors.SAMPLERS))}) to the "
         "run's training codes and save it in <run>/samplers/NAME (repeatable)",
     )  # fmt: skip
-    p.add_argument("--components", type=int, default=10, help="components of a fitted gmm")
+    p.add_argument(
+        "--fit-option", action="append", default=[], type=_fit_option, metavar="NAME=VALUE",
+        help="an option of every --fit-sampler fit (repeatable; a Python literal, else text), "
+        "e.g. epochs=5, hidden=(64, 64): jaxae.priors.fit_flow, fit_vae, fit_mixture, ...",
+    )  # fmt: skip
+    p.add_argument("--components", type=int, default=None,
+                   help="components of a fitted gmm: --fit-option components=N")  # fmt: skip
+    p.add_argument(
+        "--same-dataset", action="store_true",
+        help="the run was trained on a subset of its config's dataset's training images: "
+        "evaluate on that dataset's test set although its training set size differs",
+    )  # fmt: skip
     p.add_argument("--data-dir", default=None)
     p.add_argument("--weights", default=None, help="Inception npz (else $JAXAE_INCEPTION_WEIGHTS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: <run>/eval")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.samples is not None and not args.quick:
-        p.error(f"--samples needs --quick: the standard protocol uses {STANDARD_COUNT} samples")
+    if args.samples is not None and not (args.quick or args.no_fid):
+        p.error(f"--samples needs --quick (or --no-fid): the standard protocol uses "
+                f"{STANDARD_COUNT} samples")  # fmt: skip
     if args.samples is not None and args.samples < 2:
         p.error(f"--samples must be at least 2, got {args.samples}")
+    options = dict(args.fit_option)
+    if args.components is not None:
+        if "components" in options:
+            p.error("give the gmm's components once: --components or --fit-option components=")
+        options["components"] = args.components
+    if options and not args.fit_sampler:
+        p.error("--fit-option and --components are options of --fit-sampler: name the sampler")
     if "JAX_NUM_CPU_DEVICES" not in os.environ:  # Inception on CPU: one device per core, 1.18x
         jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
     n = args.samples or (QUICK_COUNT if args.quick else STANDARD_COUNT)
     try:
+        for name in args.fit_sampler:  # every name and option, before the first (slow) fit
+            priors.check_options(name, options)
         for name in args.fit_sampler:
-            options = {"components": args.components} if name == "gmm" else {}
-            fit_sampler(args.run, name, seed=args.seed, data_dir=args.data_dir, **options)
+            fit_sampler(args.run, name, seed=args.seed, data_dir=args.data_dir, verbose=True,
+                        **options)  # fmt: skip
             print(f"fitted the {name!r} sampler: {Path(args.run) / SAMPLER_DIR / name}")
         result = evaluate_run(
             args.run,
@@ -566,6 +713,7 @@ def main(argv=None) -> dict:
             out=args.out,
             fid=not args.no_fid,
             only_samplers=args.sampler,
+            same_dataset=args.same_dataset,
         )
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

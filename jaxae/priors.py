@@ -490,6 +490,18 @@ class Sampler:
         """log p(z) of codes z [N, d] -> [N] (a bound where the subclass says so)."""
         raise NotImplementedError(f"the {self.name!r} sampler has no log_prob")
 
+    def _codes(self, z) -> jax.Array:
+        """z as float32, its last axis checked against the sampler's dimension d: codes of
+        another width would broadcast into an error that does not say which input is wrong."""
+        z = jnp.asarray(z, jnp.float32)
+        if z.ndim < 1 or z.shape[-1] != self.dim:
+            raise ValueError(
+                f"log_prob: z has shape {tuple(z.shape)}, but the {self.name!r} sampler is a "
+                f"density over codes of d={self.dim} dimensions: pass codes [N, {self.dim}] of "
+                "the model it was fitted to"
+            )
+        return z
+
     def _config(self) -> dict:
         return {}
 
@@ -565,7 +577,7 @@ class GMMSampler(Sampler):
 
     def log_prob(self, z) -> jax.Array:
         """The mixture's exact log-density. z [N, d] -> [N]."""
-        return self.gmm.log_prob(jnp.asarray(z, jnp.float32))
+        return self.gmm.log_prob(self._codes(z))
 
     def _arrays(self):
         return self.gmm._asdict()
@@ -597,7 +609,7 @@ class PriorSampler(Sampler):
         """The wrapped log-density, where one was given. z [N, d] -> [N]."""
         if self._log_prob_fn is None:
             return super().log_prob(z)
-        return self._log_prob_fn(z)
+        return self._log_prob_fn(self._codes(z))
 
     def save(self, directory):
         """A wrapped callable cannot be saved; raises ValueError."""
@@ -765,7 +777,7 @@ class FlowSampler(_Standardised):
         """The flow's exact log-density in the codes' units (Eq. 5 plus the standardisation's
         log-Jacobian). z [N, d] -> [N]."""
         return _flow_log_prob(self._graphdef, self._state(), self.loc, self.scale,
-                              jnp.asarray(z, jnp.float32))  # fmt: skip
+                              self._codes(z))  # fmt: skip
 
 
 @jax.jit(static_argnums=(0, 5))
@@ -844,7 +856,7 @@ class VAESampler(_Standardised):
         draws of u ~ q(u | z) (from `key`; default a fixed key, so repeated calls agree).
         z [N, d] -> [N]."""
         key = jax.random.PRNGKey(0) if key is None else key
-        z = jnp.asarray(z, jnp.float32)
+        z = self._codes(z)
         return _vae_elbo(self._graphdef, self._state(), self.loc, self.scale, z, key,
                          int(num_samples))  # fmt: skip
 
@@ -1030,12 +1042,21 @@ def fit(name: str, codes, *, key, val_codes=None, **options) -> Sampler:
     Returns:
       The fitted `Sampler`; ``sampler.info`` holds the fit's report (NLLs in nats per code).
     """
+    check_options(name, options)
+    return SAMPLERS[name](codes, key=key, val_codes=val_codes, **options)
+
+
+def check_options(name: str, options) -> None:
+    """Refuse an unknown sampler `name` or an option its fit function does not take, before any
+    slow work (encoding a data set, fitting another sampler first).
+
+    Raises:
+      ValueError: naming the sampler or the options, and listing what it takes.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)} (a "
                          "model's own prior is prior_sampler / standard_normal)")  # fmt: skip
-    fn = SAMPLERS[name]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in _FIT_ARGS]
+    allowed = [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _FIT_ARGS]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"fit({name!r}): unknown options {unknown}; it takes {allowed}")
-    return fn(codes, key=key, val_codes=val_codes, **options)

@@ -110,12 +110,15 @@ def _count(kind: str, options: dict, name: str, minimum: int, what: str) -> int:
     return int(value)
 
 
-def _positive(kind: str, options: dict, name: str, what: str) -> float:
-    """The number setting `name` (finite, > 0), or a ValueError naming it."""
+def _positive(kind: str, options: dict, name: str, what: str, *, off: str = "") -> float:
+    """The number setting `name` (finite, > 0), or a ValueError naming it. With `off` (what 0
+    means, e.g. "a plain autoencoder"), 0 is allowed too: a weight that switches its term off.
+    A negative weight would maximise its term, so it is refused either way."""
     value = options[name]
     number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value > 0):
-        raise ValueError(f"{kind} {name}={value!r}: {what} must be a finite number > 0")
+    if not (number and math.isfinite(value) and (value >= 0 if off else value > 0)):
+        bound = f">= 0 (0: {off})" if off else "> 0"
+        raise ValueError(f"{kind} {name}={value!r}: {what} must be a finite number {bound}")
     return float(value)
 
 
@@ -313,8 +316,11 @@ class RAE(Regularized):
                 " 'gp' (decoder gradient penalty) or 'sn' (spectral normalisation)"
             )
         self.regularizer = options["regularizer"]
-        self.code_weight = self.per_pixel(options["code_weight"])
-        self.decoder_weight = self.per_pixel(options["decoder_weight"])
+        beta = _positive("rae", options, "code_weight", "the code penalty's weight beta",
+                         off="no code penalty")  # fmt: skip
+        lam = _positive("rae", options, "decoder_weight", "the decoder regularizer's weight",
+                        off="no decoder regularizer; 'sn' uses none")  # fmt: skip
+        self.code_weight, self.decoder_weight = self.per_pixel(beta), self.per_pixel(lam)
         if self.regularizer == "sn":
             decoder = set(self.net.decoder_layers)
             kernels = [(tuple(path), node[...].shape[-1]) for path, node in nnx.iter_graph(self.net)
@@ -396,7 +402,8 @@ class WAE(Regularized):
     settings = {"weight": 10.0, "kernel_scale": 1.0}
 
     def _setup(self, options, rngs):
-        self.weight = self.per_pixel(options["weight"])
+        lam = _positive("wae", options, "weight", "the MMD's weight", off="a plain autoencoder")
+        self.weight = self.per_pixel(lam)
         self.kernel_scale = _positive("wae", options, "kernel_scale",
                                       "the IMQ kernel's scale (the prior's std)")  # fmt: skip
 
@@ -420,7 +427,9 @@ class AAE(Regularized):
     settings = {"weight": 1.0, **_CRITIC}
 
     def _setup(self, options, rngs):
-        self.weight = self.per_pixel(options["weight"])
+        lam = _positive("aae", options, "weight", "the adversarial term's weight",
+                        off="a plain autoencoder")  # fmt: skip
+        self.weight = self.per_pixel(lam)
         self.critic = _critic(self.kind, options, self.latent_dim, rngs)
         self._groups = {"autoencoder": ParamGroup(), "critic": _critic_group(self.kind, options)}
 
@@ -453,6 +462,15 @@ def _wgan_critic_terms(critic, real, fake, key, gp_weight):
     return {"loss": w + gp_weight * gp, "wasserstein": -w, "gp": gp}
 
 
+def _wgan_weights(kind: str, options: dict, per_pixel) -> tuple[float, float]:
+    """The adversarial term's weight (in jaxae's units) and the critic's gradient-penalty weight,
+    both > 0: the mask or the learned prior trains through the adversarial term only, and a
+    WGAN critic without its penalty is not Lipschitz (its estimate grows without bound)."""
+    weight = _positive(kind, options, "weight", "the adversarial term's weight")
+    gp = _positive(kind, options, "gp_weight", "the critic's gradient-penalty weight")
+    return per_pixel(weight), gp
+
+
 _WGAN = {**_CRITIC, "critic_steps": 5, "critic_learning_rate": 1e-4, "gp_weight": 10.0}
 
 
@@ -467,8 +485,7 @@ class MaskAAE(Regularized):
     settings = {"weight": 1.0, "mask_init": 1.0, **_WGAN}
 
     def _setup(self, options, rngs):
-        self.weight = self.per_pixel(options["weight"])
-        self.gp_weight = float(options["gp_weight"])
+        self.weight, self.gp_weight = _wgan_weights(self.kind, options, self.per_pixel)
         m0 = float(options["mask_init"])
         if not m0 > 0:
             raise ValueError(f"maskaae mask_init must be > 0 (m, alpha = 1 - exp(-m)), got {m0}")
@@ -521,8 +538,7 @@ class FlexAE(Regularized):
                 "prior_learning_rate": 1e-4, **_WGAN}  # fmt: skip
 
     def _setup(self, options, rngs):
-        self.weight = self.per_pixel(options["weight"])
-        self.gp_weight = float(options["gp_weight"])
+        self.weight, self.gp_weight = _wgan_weights(self.kind, options, self.per_pixel)
         noise = _count("flexae", options, "prior_noise", 0, "the generator's input dimension")
         self.noise_dim = noise or self.latent_dim
         if self.noise_dim < self.latent_dim:

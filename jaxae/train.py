@@ -392,13 +392,16 @@ def make_train_step(update: Update, mesh=None, prepare: PrepareFn | None = None)
     `batch` is a dict of global arrays sharded over the ``data`` axis (see
     `jaxae.parallel.shard_batch`); the state is replicated. Float ``'image'`` batches are
     checked for NaN/inf and for pixels outside [-1, 1] before the step (one small reduction:
-    raw uint8 pixels belong in `prepare`, which scales them on the device).
+    raw uint8 pixels belong in `prepare`, which scales them on the device; without a `prepare`
+    integer ones are refused, `check_scaled`).
     """
     mesh = mesh or parallel.data_mesh()
     step = parallel.data_parallel(_step_fn(update, prepare), mesh)
 
     def checked_step(state, batch):
         if isinstance(batch, dict) and "image" in batch:
+            if prepare is None:
+                check_scaled(batch["image"], "batch['image']")
             check_pixels(batch["image"], "batch['image']")
         return step(state, batch)
 
@@ -409,6 +412,19 @@ def make_train_step(update: Update, mesh=None, prepare: PrepareFn | None = None)
 @jax.jit
 def _pixel_stats(x):
     return jnp.sum(~jnp.isfinite(x)), jnp.nanmin(x), jnp.nanmax(x)
+
+
+def check_scaled(x, name: str) -> None:
+    """Images that reach the model without a `prepare` must already be floats in [0, 1]: raw
+    integer pixels would be trained on as values 0-255. Reads the dtype only. Raises ValueError
+    naming `name` and the fix."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{name}: {x.dtype} pixels reach the model unscaled (no `prepare`), so it would "
+            "train on values 0-255: pass prepare=lambda batch, key: {**batch, 'image': "
+            "jaxae.data.Preprocess()(batch['image'], key)} (the model's pixel scale), or "
+            "give floats in [0, 1] (images / 255)"
+        )
 
 
 def check_pixels(x, name: str) -> None:
@@ -504,9 +520,11 @@ def fit(
       params: initial parameters (an `nnx.State`), used when there is no checkpoint.
       update: how one iteration trains (`single(loss_fn, optimizer)`, `grouped(...)`).
       train: host arrays with a leading example axis, e.g. ``{'image': uint8 [N,H,W,C]}``;
-        placed on every device once. Images are checked first (`jaxae.data.check_images`).
+        placed on every device once. Images are checked first (`jaxae.data.check_images`;
+        against ``model['image_shape']`` when given) and [N, H, W] gets its channel axis.
+        Integer pixels need a `prepare` that scales them (`check_scaled`).
       model_state: initial non-parameter state (BatchNorm statistics), if the model has any.
-      prepare: on-device preprocessing of each raw batch.
+      prepare: on-device preprocessing of each raw batch (uint8 pixels: `jaxae.data.Preprocess`).
       mesh: defaults to a ``('data',)`` mesh over all devices.
       eval_fn: called with the train state at every epoch end; its dict of scalars is logged
         (as ``eval_<name>``).
@@ -538,8 +556,12 @@ def fit(
     sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in train.items()}
     if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"train arrays need one shared leading example axis, got sizes {sizes}")
-    if "image" in train:
-        jdata.check_images(train["image"], "train['image']")
+    if "image" in train:  # here, not inside a compiled step: the messages say how to fix it
+        shape = (model or {}).get("image_shape")
+        images = jdata.check_images(train["image"], "train['image']", shape)
+        if prepare is None:
+            check_scaled(images, "train['image']")
+        train = {**train, "image": images}
     num_examples = next(iter(sizes.values()))
     steps_per_epoch = num_examples // tc.batch_size
     if steps_per_epoch == 0:

@@ -26,8 +26,10 @@ def fmnist():
     return jdata.load("fashion_mnist")
 
 
-def _train(workdir, spec, images, **training):
-    """4 steps of `train.fit` on the model of `spec`; returns its final parameters."""
+def _train(workdir, spec, images, data_files=(), **training):
+    """4 steps of `train.fit` on the model of `spec`; returns its final parameters. `data_files`:
+    the dataset's files the images come from (a run that records none is refused evaluation on
+    a named dataset unless it trained on that dataset's whole training split)."""
     config = jconfig.make(
         model={k: v for k, v in spec.items() if k in ("kind", "arch", "head", "k", "latent_dim")},
         training=dict(batch_size=64, epochs=1, max_steps=4, **training),
@@ -39,7 +41,7 @@ def _train(workdir, spec, images, **training):
     return train.fit(
         config, workdir, params=params, model_state=model_state, update=update,
         train={"image": images}, prepare=lambda b, key: {**b, "image": pre(b["image"], key)},
-        progress=False, model=model.spec,
+        progress=False, model=model.spec, data_files=data_files,
     ).state["params"]  # fmt: skip
 
 
@@ -47,7 +49,7 @@ def _train(workdir, spec, images, **training):
 def vpae_run(tmp_path_factory, fmnist):
     workdir = tmp_path_factory.mktemp("runs") / "vpae"
     spec = {**models.vpae_spec("normal_diag", 1, "mlp"), "seed": 0}
-    params = _train(workdir, spec, fmnist.train.images[:512], checkpoint_every=2)
+    params = _train(workdir, spec, fmnist.train.images[:512], fmnist.files, checkpoint_every=2)
     return workdir, params
 
 

@@ -299,3 +299,21 @@ def test_load_missing_and_corrupt(tmp_path):
     np.savez(folder / "arrays.npz", weights=np.ones(1))  # a covariance is missing
     with pytest.raises(priors.SamplerFileError, match="consistent 'gmm' sampler"):
         priors.load(folder)
+
+
+def test_log_prob_checks_the_width_of_the_codes(gaussian_codes):
+    train, _, _ = gaussian_codes  # d = 2
+    flow_config = {"kind": "realnvp", "n_layers": 2, "hidden": 8, "n_blocks": 1, "seed": 0}
+    flow = priors.FlowSampler(priors.FlowSampler._build(2, flow_config, KEY), np.zeros(2),
+                              np.ones(2), flow_config, "flow")  # fmt: skip
+    samplers = [priors.fit("gaussian", train, key=KEY), flow,
+                priors.prior_sampler(lambda k, n: jnp.zeros((n, 2)), 2,
+                                     log_prob_fn=lambda z: -jnp.sum(z**2, -1))]  # fmt: skip
+    for s in samplers:
+        assert s.log_prob(train[:3]).shape == (3,)
+        with pytest.raises(
+            ValueError,
+            match=rf"log_prob: z has shape \(3, 5\), but the "
+            rf"'{s.name}' sampler is a density over codes of d=2 dimensions",
+        ):
+            s.log_prob(np.zeros((3, 5)))

@@ -639,6 +639,62 @@ def test_bad_settings_are_named(kind, settings, message):
         models.build(_spec(kind, {**small, **settings}))
 
 
+# Every loss weight: (kind, setting, whether 0 is allowed: a term switched off, the model still an
+# autoencoder). MaskAAE's mask and FlexAE's prior train through their weight only, a WGAN critic
+# needs its gradient penalty, and the GMM-DAE's regularizer is divided by its reconstruction weight.
+WEIGHTS = [("wae", "weight", True), ("rae", "code_weight", True), ("rae", "decoder_weight", True),
+           ("aae", "weight", True), ("maskaae", "weight", False), ("maskaae", "gp_weight", False),
+           ("flexae", "weight", False), ("flexae", "gp_weight", False),
+           ("gmmdae", "recon_weight", False)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, name, zero", WEIGHTS, ids=[f"{k}-{n}" for k, n, _ in WEIGHTS])
+def test_every_loss_weight_is_finite_and_not_negative(kind, name, zero):
+    """A negative weight would maximise its term (WAE: the MMD): refused, as are NaN and inf,
+    and 0 where it leaves no working model; where 0 switches the term off, it builds."""
+    small = CASES.get(kind, (kind, {}))[1]
+    for value in (-1.0, float("nan"), float("inf"), *(() if zero else (0.0,))):
+        bound = r">= 0 \(0: " if zero else "> 0"
+        with pytest.raises(ValueError, match=rf"{kind} {name}={value!r}: .* finite number {bound}"):
+            models.build(_spec(kind, {**small, name: value}))
+    if zero:
+        models.build(_spec(kind, {**small, name: 0.0}))
+
+
+def test_an_override_of_another_kinds_settings_is_one_line(monkeypatch, capsys):
+    """`--config.wae.kernel_scale=2` on an RAE config: one line from `config.validate`, exit
+    status 2, not ml_collections' KeyError traceback (`experiments.train.parse_flags`)."""
+    from absl import flags
+
+    config = Path(__file__).parents[1] / "experiments" / "configs" / "rae.py"
+    argv = ["train", "--config", f"{config}:mnist,cpu", "--workdir", "w",
+            "--config.wae.kernel_scale=2"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
+    try:
+        with pytest.raises(SystemExit) as e:
+            etrain.parse_flags(argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --config.wae.kernel_scale=2: config section 'wae' holds the settings of model "
+        "kind 'wae', but model.kind='rae': remove the section, or build the config with "
+        "jaxae.config.default('wae')"
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(jconfig.CONFIG_FILES))
+def test_a_config_file_name_is_not_a_model_kind(name):
+    """`config.default('betavae')` says betavae.py is a config of kind 'vae', and it is."""
+    import importlib
+
+    kind = jconfig.CONFIG_FILES[name]
+    message = rf"'{name}' is not a model kind: experiments/configs/{name}\.py is a config of kind"
+    with pytest.raises(ValueError, match=rf"{message} '{kind}'"):
+        jconfig.default(name)
+    assert importlib.import_module(f"experiments.configs.{name}").get_config().model.kind == kind
+
+
 def test_an_unknown_setting_in_the_config_is_named():
     d = jconfig.default("wae").to_dict()
     d["wae"]["wieght"] = 1.0

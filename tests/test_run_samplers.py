@@ -122,3 +122,138 @@ def test_a_copied_run_keeps_its_samplers(run, tmp_path):
     shutil.copytree(run, copy)
     assert evaluate.fitted_samplers(copy) == ["gaussian"]
     evaluate.load_sampler(copy, "gaussian", evaluate.restore(copy))
+
+
+def _images(n, shape=SHAPE, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def _config_dataset(n_train, shape=SHAPE, files=()):
+    """A stand-in for the dataset a run's config names, with `n_train` training images."""
+    split = lambda n: jdata.from_arrays(_images(n, shape))._replace(files=files)  # noqa: E731
+    return lambda *a, **k: jdata.Dataset("synthetic", split(n_train), split(32), split(32))
+
+
+def test_a_run_trained_on_other_images_is_refused_without_them(run, monkeypatch, capsys):
+    """A run of 96 images whose config's dataset splits otherwise (`train.fit` on arrays of your
+    own records the default dataset): its codes and test set would be another data set's."""
+    monkeypatch.setattr(evaluate.jdata, "load", _config_dataset(128))
+    with pytest.raises(evaluate.TrainingDataError,
+                       match=r"trained on 96 images, not on the 128-image training split of "
+                       r"'fashion_mnist'.*images=train_images"):  # fmt: skip
+        evaluate.fit_sampler(run, "gmm", components=2)
+    with pytest.raises(evaluate.TrainingDataError, match="images=train_images"):
+        evaluate.sample(run, "gaussian", jax.random.PRNGKey(0), 2)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--run", str(run), "--no-fid", "--samples", "8", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "trained on 96 images" in err[0] and "--same-dataset" in err[0]
+    # a run that recorded this dataset's files (wherever they were) trained on a subset of it
+    names = ["/data/train-images-idx3-ubyte.gz", "/data/train-labels-idx1-ubyte.gz"]
+    monkeypatch.setattr(evaluate.jdata, "load", _config_dataset(128, files=tuple(names)))
+    subset = evaluate.restore(run)
+    subset.meta["data"]["files"] = ["/elsewhere/train-images-idx3-ubyte.gz"]
+    evaluate.fit_sampler(run, "gaussian", restored=subset)
+    assert (
+        json.loads((run / "samplers" / "gaussian" / "fitted_on.json").read_text())["num_codes"]
+        == 128
+    )
+    monkeypatch.setattr(evaluate.jdata, "load", _config_dataset(128))
+    # the images it was trained on, given: uint8, or floats in [0, 1] (the same codes)
+    images = _dataset().train.images
+    fitted = evaluate.fit_sampler(run, "gaussian", images=images / 255.0)
+    record = json.loads((run / "samplers" / "gaussian" / "fitted_on.json").read_text())
+    assert record["images"] == "given" and record["num_codes"] == 96
+    again = evaluate.fit_sampler(run, "gaussian", images=images)
+    np.testing.assert_allclose(again.gmm.means, fitted.gmm.means, rtol=1e-5, atol=1e-6)
+    assert evaluate.sample(run, "gaussian", jax.random.PRNGKey(0), 2).shape == (2, *SHAPE)
+    # a run trained on a subset of the dataset: evaluated on its test set when asked
+    result = evaluate.main(["--run", str(run), "--no-fid", "--samples", "8", "--no-progress",
+                            "--same-dataset", "--out", str(run / "eval")])  # fmt: skip
+    assert result["reconstruction"]["num_images"] == 8
+
+
+def test_images_of_another_shape_are_named(run, monkeypatch, capsys):
+    with pytest.raises(ValueError, match=r"images: an array of shape \[96, 16, 16, 1\], but the "
+                       r"model takes \[B, H, W, C\] = \[B, 8, 8, 1\]"):  # fmt: skip
+        evaluate.fit_sampler(run, "gaussian", images=_images(96, (16, 16, 1)))
+    # the config's dataset of another resolution (the same count: the size check passes)
+    monkeypatch.setattr(evaluate.jdata, "load", _config_dataset(96, (16, 16, 1)))
+    with pytest.raises(ValueError, match=r"the fashion_mnist train images: an array of shape "
+                       r"\[96, 16, 16, 1\]"):  # fmt: skip
+        evaluate.fit_sampler(run, "gaussian")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--run", str(run), "--no-fid", "--samples", "8", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the fashion_mnist train images")
+
+
+def test_sample_gaussian_is_the_samplers_gaussian(run):
+    """'gaussian' without a fitted one: fitted to the run's training codes, as `samplers` (and so
+    `evaluate_run`) does (it was refused as not fitted, while named always available)."""
+    key = jax.random.PRNGKey(2)
+    restored = evaluate.restore(run)
+    fns = evaluate.functions(restored)
+    draw = evaluate.samplers(fns, _dataset().train.images, model=restored.model)["gaussian"]
+    want = np.asarray(fns.decode(draw(key, 5)))
+    got = evaluate.sample(run, "gaussian", key, 5, restored=restored)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_sample_needs_a_positive_count(run, n):
+    with pytest.raises(ValueError, match=rf"n is the number of images to draw, an integer >= 1; "
+                       rf"got {n!r}"):  # fmt: skip
+        evaluate.sample(run, "prior", jax.random.PRNGKey(0), n)
+
+
+def test_a_stale_sampler_is_named_by_itself(run, capsys):
+    evaluate.fit_sampler(run, "gaussian")
+    evaluate.fit_sampler(run, "gmm", components=2, restarts=1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        etrain.train_and_evaluate(_config(steps=6), run, progress=False)
+    restored = evaluate.restore(run)
+    # the samplers of a run load a fitted one where it is drawn from, not every one up front
+    fns = evaluate.functions(restored)
+    draw = evaluate.samplers(fns, _dataset().train.images, model=restored.model, run_dir=run,
+                             restored=restored)  # fmt: skip
+    with pytest.raises(evaluate.SamplerNotFittedError, match=r"samplers/gmm was fitted on step 4"):
+        draw["gmm"](jax.random.PRNGKey(0), 2)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--run", str(run), "--sampler", "gmm", "--no-fid", "--samples", "8",
+                       "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "samplers/gmm was fitted on step 4" in err[0]
+    assert "--fit-sampler gmm" in err[0] and "gaussian" not in err[0]
+
+
+def test_the_command_line_refuses_an_option_the_sampler_does_not_take(run, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--run", str(run), "--fit-sampler", "gaussian", "--components", "3",
+                       "--no-fid", "--samples", "8", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "fit('gaussian'): unknown options ['components']; it takes ['jitter']" in err[0]
+    assert evaluate.fitted_samplers(run) == []
+
+
+def test_the_command_line_passes_fit_options_and_says_what_it_fits(run, capsys):
+    assert evaluate._fit_option("hidden=(8, 8)") == ("hidden", (8, 8))
+    assert evaluate._fit_option("kind=nsf") == ("kind", "nsf")
+    assert evaluate._fit_option("learning_rate = 1e-3") == ("learning_rate", 1e-3)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--run", str(run), "--fit-sampler", "gmm", "--fit-option", "restarts"])
+    capsys.readouterr()
+    result = evaluate.main(["--run", str(run), "--fit-sampler", "gmm", "--fit-option",
+                            "restarts=1", "--components", "2", "--no-fid", "--samples", "8",
+                            "--no-progress", "--out", str(run / "eval")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "fitting the 'gmm' sampler {'restarts': 1, 'components': 2} to the codes of 96 "
+        "fashion_mnist training images" in out.splitlines()[0]
+    )
+    record = json.loads((run / "samplers" / "gmm" / "fitted_on.json").read_text())
+    assert record["options"] == {"restarts": 1, "components": 2}
+    # --samples with --no-fid: the first 8 test images, as evaluate_run(fid=False) takes them
+    assert result["reconstruction"]["num_images"] == 8 and "num_samples" not in result

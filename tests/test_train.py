@@ -204,8 +204,51 @@ def test_empty_dataset(tmp_path):
                 params=params,
                 update=_update(loss_fn),
                 train={"image": _images(n)},
+                prepare=_prepare,
                 progress=False,
             )
+
+
+def test_fit_refuses_raw_integer_pixels_without_prepare(tmp_path):
+    """uint8 images with no `prepare` would train on 0-255 values: refused before any step, by
+    `fit` and by `make_train_step` alike, naming the fix."""
+    _, params, model_state, loss_fn = _setup()
+    fix = r"train\['image'\]: uint8 pixels reach the model unscaled .*prepare=.*Preprocess.*/ 255"
+    with pytest.raises(ValueError, match=fix):
+        train.fit(_config(), tmp_path / "x", params=params, update=_update(loss_fn),
+                  train={"image": _images()}, progress=False)  # fmt: skip
+    assert not (tmp_path / "x" / "checkpoints").exists()
+    mesh = parallel.data_mesh()
+    step = train.make_train_step(_update(loss_fn), mesh)
+    state = parallel.replicate(train.init_state(params, _update(loss_fn), 0, model_state), mesh)
+    with pytest.raises(ValueError, match=r"batch\['image'\]: uint8 pixels .*prepare="):
+        step(state, parallel.shard_batch({"image": _images(16)}, mesh))
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((96, 8, 8), None),  # one channel: [N, H, W] gets its channel axis
+        ((96, 1, 8, 8), r"channels-first .*pass images\.transpose\(0, 2, 3, 1\)"),
+        ((96, 4, 4, 1), r"takes \[B, H, W, C\] = \[B, 8, 8, 1\]: .*8x8 pixels"),
+    ],
+    ids=["no-channel-axis", "channels-first", "other-size"],
+)
+def test_fit_checks_images_against_the_model(tmp_path, shape, message):
+    """`fit(model=spec)` checks the images against the spec's image_shape before compiling
+    (`jaxae.data.check_image_shape`'s messages), and [N, H, W] trains as documented."""
+    _, params, model_state, loss_fn = _setup()
+    spec = {"kind": "ae", "arch": "mlp", "head": "mse", "latent_dim": 4,
+            "image_shape": list(SHAPE)}  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    kw = dict(params=params, model_state=model_state, update=_update(loss_fn),
+              train={"image": images}, prepare=_prepare, progress=False, model=spec)  # fmt: skip
+    if message is None:
+        result = train.fit(_config(epochs=1), tmp_path / "x", **kw)
+        assert int(result.state["step"]) == 96 // 16
+        return
+    with pytest.raises(ValueError, match=r"train\['image'\]: an array of shape .*" + message):
+        train.fit(_config(epochs=1), tmp_path / "x", **kw)
 
 
 def test_evaluate_masks_the_padded_batch():
