@@ -47,9 +47,9 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     workdir = Path(workdir)
     mesh = parallel.data_mesh()
 
-    # --- Input.
-    ds = jdata.load(dc.dataset, data_dir=data_dir, pad_to_32=dc.pad_to_32,
-                    val_size=dc.val_size, seed=tc.seed)  # fmt: skip
+    # --- Input: any source `data.dataset` names (a built-in name, tfds:NAME, an .npz file, an
+    # image folder), in host memory; the model takes its images' shape (below).
+    ds = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir)
     pre = jdata.Preprocess(scale=dc.scale, dequantize=dc.dequantize)
     eval_pre = jdata.Preprocess(scale=dc.scale)
     held_out = ds.val if ds.val is not None else ds.test
@@ -156,7 +156,12 @@ def _train_loss(line: dict):
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder (resumed if it holds checkpoints)")
-flags.DEFINE_string("data_dir", None, "folder with the dataset files (else the usual places)")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "folder with the dataset files (else the usual places); "
+    "for data.dataset=tfds:NAME, the data folder of tensorflow-datasets",
+)
 flags.DEFINE_bool("progress", True, "show a progress bar")
 flags.mark_flags_as_required(["config", "workdir"])
 

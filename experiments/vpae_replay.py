@@ -67,8 +67,7 @@ def replay(
             f"{run_dir} is a {spec.get('kind')!r} run; the replay knows VPAE runs only"
         )
     if images is None:
-        images = jdata.load(dc.dataset, data_dir=data_dir, pad_to_32=dc.pad_to_32,
-                            val_size=dc.val_size, seed=tc.seed).train.images  # fmt: skip
+        images = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir).train.images
     trained_on = restored.meta["data"]["num_examples"]
     if len(images) != trained_on:
         raise ValueError(

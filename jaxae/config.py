@@ -68,7 +68,14 @@ def default(kind: str | None = None) -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.data = dict(
-        dataset="fashion_mnist",  # a name known to `jaxae.data`
+        # a built-in name (`jaxae.data.DATASETS`), tfds:NAME[/CONFIG] (prepared by
+        # tensorflow-datasets, never downloaded), or a path to an .npz file or a folder of
+        # PNG/JPEG images (one subfolder per class, or flat): `jaxae.data.parse_source`
+        dataset="fashion_mnist",
+        test="",  # the test set: an .npz / folder like `dataset`, or a tfds split; '': its own
+        test_fraction=0.1,  # without a test set: the part of the images split off (seeded)
+        image_size=0,  # resize every image to S x S (PIL bilinear); 0: keep (one size for all)
+        channels=0,  # 1 (grey) or 3 (RGB); 0: grey if every image is, else RGB
         scale="unit",  # pixels in [0, 1] ('unit') or [-0.5, 0.5] ('centered')
         dequantize=False,  # (x + u) / 256 with u ~ U[0, 1), as for likelihood models
         pad_to_32=False,  # zero-pad 28 x 28 images to 32 x 32
@@ -322,11 +329,21 @@ def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
     for field in (*positive, "training.keep_checkpoints"):
         if not _is_int(flat[field]) or flat[field] < 1:
             bad(field, "must be a positive integer")
-    counts = ("data.val_size", "training.seed", "training.steps_per_call", "flow.epochs",
-              "model.width")  # fmt: skip
+    counts = ("data.val_size", "data.image_size", "training.seed", "training.steps_per_call",
+              "flow.epochs", "model.width")  # fmt: skip
     for field in (*counts, "training.checkpoint_every", "training.max_steps"):
         if not _is_int(flat[field]) or flat[field] < 0:
             bad(field, "must be a non-negative integer")
+    for field in ("data.dataset", "data.test"):
+        if not isinstance(flat[field], str):
+            bad(field, "must be a string")
+    if not flat["data.dataset"]:
+        bad("data.dataset", "must name a data set, a tfds:NAME, an .npz file or an image folder")
+    v = flat["data.test_fraction"]
+    if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < 1:
+        bad("data.test_fraction", "must be a number in (0, 1)")
+    if flat["data.channels"] not in (0, 1, 3) or isinstance(flat["data.channels"], bool):
+        bad("data.channels", "must be 1 (grey), 3 (RGB) or 0 (grey if every image is, else RGB)")
     check_optimizer(d["optimizer"])
     v = flat["flow.learning_rate"]
     if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < float("inf"):

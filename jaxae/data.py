@@ -11,6 +11,13 @@ Data sets (uint8 NHWC images ``[N, H, W, 1]`` and int32 labels ``[N]``):
   the out-of-distribution set of the PAE paper (Böhm & Seljak 2020, "Probabilistic
   Auto-Encoder", Sec. 5), together with Fashion-MNIST flipped left-right / upside-down.
 
+The user's own data (`load`, `parse_source`): ``tfds:NAME[/CONFIG]``, a data set that
+tensorflow-datasets has prepared in its data folder (read, never downloaded); an ``.npz`` file of
+``images`` [N, H, W(, C)] and optional ``labels`` (read without pickle); a folder of PNG/JPEG
+files, flat or one subfolder per class. Each is brought to one size and channel count
+(`conform`: PIL's BILINEAR resizing, antialiased when shrinking), with a test split of its own
+or a seeded fraction of its images.
+
 Preprocessing: pixels scaled to [0, 1] (or centred to [-0.5, 0.5]) and, for likelihood models,
 uniform dequantization ``(x + u) / 256``, ``u ~ U[0, 1)`` (Theis et al. 2016, Sec. 3.1; Dinh
 et al. 2017 "Real NVP", Sec. 4.1); zero padding of 28x28 images to 32x32; a seeded held-out
@@ -75,7 +82,8 @@ class Split(NamedTuple):
     images: np.ndarray  # [N, H, W, C] uint8 (float32 in [0, 1] only for user data)
     labels: np.ndarray  # [N] int32
     # Where the arrays came from, so that a run can record it: the absolute paths of the files
-    # read, or ("tensorflow-datasets:<name>/<split>",); () for arrays handed in by the user.
+    # read (of an image folder: the folder's), or ("tensorflow-datasets:<name>/<split>",) when
+    # a built-in name fell back on tfds; () for arrays handed in by the user.
     files: tuple[str, ...] = ()
 
 
@@ -86,6 +94,8 @@ class Dataset(NamedTuple):
     train: Split
     val: Split | None  # None when val_size == 0
     test: Split
+    # The class names of a folder of class subfolders: label i is classes[i]; () otherwise.
+    classes: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -98,7 +108,7 @@ class Dataset(NamedTuple):
 # Validation
 
 
-def check_image_shape(images, shape, name: str = "images") -> np.ndarray:
+def check_image_shape(images, shape, name: str = "images", taker: str = "the model") -> np.ndarray:
     """Checks that an array is a batch of images of one model's shape, saying how to fix it.
 
     The values are not looked at (see `check_images`).
@@ -107,6 +117,7 @@ def check_image_shape(images, shape, name: str = "images") -> np.ndarray:
       images: [B, H, W, C] array, or [B, H, W] when C is 1.
       shape: (H, W, C), the images a model takes (`Model.image_shape`).
       name: what the images are, used in error messages.
+      taker: what takes `shape`, named in error messages.
 
     Returns:
       the array as [B, H, W, C].
@@ -134,7 +145,7 @@ def check_image_shape(images, shape, name: str = "images") -> np.ndarray:
         fix = (f"the images must be like the data the model was trained on ({h}x{w} pixels, "
                f"{c} channel{'s' if c > 1 else ''}): resize or convert them, or train a model "
                "on these images")  # fmt: skip
-    message = f"{name}: an array of shape {list(x.shape)}, but the model takes {want}"
+    message = f"{name}: an array of shape {list(x.shape)}, but {taker} takes {want}"
     raise ValueError(message if fix is None else f"{message}: {fix}")
 
 
@@ -160,8 +171,7 @@ def check_images(images, name: str = "images", shape=None) -> np.ndarray:
         raise TypeError(
             f"{name}: unsupported dtype {x.dtype}; use uint8 in [0, 255] or floating in [0, 1]"
         )
-    if shape is not None:
-        x = check_image_shape(x, shape, name)
+    x = check_image_shape(x, shape, name) if shape is not None else _check_layout(x, name)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -194,6 +204,24 @@ def check_images(images, name: str = "images", shape=None) -> np.ndarray:
                 f"(dtype {x.dtype})"
             )
     return x.astype(np.uint8, copy=False)
+
+
+def _check_layout(x: np.ndarray, name: str) -> np.ndarray:
+    """Refuses the two layouts that would be misread as other images (channel counts are 1, 3
+    or 4, fewer than the pixels of a side): one image [H, W, C] without its batch axis (else H
+    images of W x C) and channels-first [N, C, H, W] (else N images of C x H with W channels).
+    """
+    if x.ndim == 3 and x.shape[2] in (1, 3, 4) and x.shape[2] < min(x.shape[:2]):
+        try:
+            check_image_shape(x, x.shape, name, taker="jaxae")
+        except ValueError as e:
+            n, h, w = x.shape
+            raise ValueError(f"{e}; or, for {n} single-channel images of {h}x{w} pixels, pass "
+                             "images[..., None]") from None  # fmt: skip
+    if x.ndim == 4 and x.shape[3] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
+        if x.shape[1] < min(x.shape[2:]):
+            check_image_shape(x, (*x.shape[2:], x.shape[1]), name, taker="jaxae")
+    return x
 
 
 def from_arrays(images, labels=None, name: str = "custom") -> Split:
@@ -546,6 +574,308 @@ def load_raw(name: str, split: str, data_dir=None, *, allow_tfds: bool | None = 
 
 
 # ----------------------------------------------------------------------------------------------
+# The user's own data: an .npz file, a folder of images, a data set tfds has prepared
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # of the files read from an image folder
+# PIL modes read as single-channel; any other mode is converted to RGB (alpha dropped).
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The test part split off a source without a test set: seeded, but not by `training.seed`, so
+# that runs with other seeds are scored on the same images.
+TEST_SPLIT_SEED = 0
+
+
+class Source(NamedTuple):
+    """Where a data set comes from, as ``data.dataset`` names it (`parse_source`).
+
+    kind: 'builtin' (one of `DATASETS`), 'tfds' (a data set tensorflow-datasets has prepared),
+      'npz' (a file of arrays) or 'folder' (PNG/JPEG files).
+    name: the built-in or tfds name (``NAME`` or ``NAME/CONFIG``), or the path as given.
+    """
+
+    kind: str
+    name: str
+
+
+def parse_source(text: str) -> Source:
+    """The source ``data.dataset`` names: a built-in name, ``tfds:NAME[/CONFIG]``, or a path to an
+    ``.npz`` file or a folder of images. Only looks at the disk for a bare word that is no
+    built-in name (a folder in the working directory); whether the path exists is `load`'s check.
+
+    Raises:
+      ValueError: an empty ``tfds:``, or a word that is neither a built-in name nor a path.
+    """
+    if text in DATASETS:
+        return Source("builtin", text)
+    if text.startswith("tfds:"):
+        if not text[5:].strip("/"):
+            raise ValueError(f"data set {text!r}: name the tfds data set, tfds:NAME[/CONFIG]")
+        return Source("tfds", text[5:])
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".npz":
+        return Source("npz", text)
+    if os.sep in text or "/" in text or text.startswith((".", "~")) or path.exists():
+        return Source("folder", text)
+    raise ValueError(
+        f"unknown data set {text!r}: neither a built-in name ({', '.join(DATASETS)}) nor a path "
+        f"to an .npz file or a folder of images; for a data set of tensorflow-datasets write "
+        f"tfds:{text}"
+    )
+
+
+class _Images(NamedTuple):
+    """Images as read from one source, before `conform` brings them to one shape."""
+
+    images: list  # [H, W, C] arrays, uint8 (float32 in [0, 1] from a float .npz)
+    labels: np.ndarray  # [N] int32, -1 for unlabelled
+    files: tuple[str, ...]  # absolute paths read (`Split.files`)
+    names: list[str]  # each image's file, or file[index], for messages
+    classes: tuple[str, ...] = ()  # a folder's class names: label i is classes[i]
+
+    def take(self, idx) -> "_Images":
+        return self._replace(images=[self.images[i] for i in idx], labels=self.labels[idx],
+                             names=[self.names[i] for i in idx])  # fmt: skip
+
+
+def _as_images(split: Split, where: str) -> _Images:
+    names = [f"{where}[{i}]" for i in range(len(split.labels))]
+    return _Images(list(split.images), split.labels, split.files, names)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetNotFoundError(f"{what}: no such file or folder {os.path.abspath(path)}")
+    return path
+
+
+def _read_npz_images(path: Path, what: str) -> _Images:
+    """``images`` [N, H, W(, C)] and optional ``labels`` [N] of an .npz file (`read_npz`)."""
+    arrays = read_npz(_existing(path, what), what)
+    if "images" not in arrays:
+        raise ValueError(f"{what}: {path} has no array 'images' (it has {sorted(arrays)}); save "
+                         "it as np.savez(path, images=uint8_nhwc, labels=ints)")  # fmt: skip
+    split = from_arrays(arrays["images"], arrays.get("labels"), name=f"{what} ({path})")
+    return _as_images(split._replace(files=(os.path.abspath(path),)), str(path))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One PNG/JPEG file as [H, W, 1] (greyscale modes, `_GREY_MODES`) or [H, W, 3] uint8."""
+    with Image.open(path) as im:
+        im = im.convert("L" if im.mode in _GREY_MODES else "RGB")
+        x = np.asarray(im)
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _read_folder(folder: Path, what: str, classes: tuple[str, ...] | None = None) -> _Images:
+    """The PNG/JPEG files of a folder: flat (labels -1), or one subfolder per class (labels: the
+    index of the subfolder among those holding images, sorted by name; images of a subfolder's
+    own subfolders count). `classes`: those of the training folder, for its test folder.
+
+    Raises:
+      DatasetNotFoundError: no such folder, or no PNG/JPEG file in it.
+      ValueError: images beside class subfolders, a class the training folder lacks, or files
+        that cannot be read (the first named, with the count of good ones).
+    """
+    folder = _existing(folder, what)
+    if not folder.is_dir():
+        raise ValueError(f"{what}: {folder} is a file; give a folder of images or an .npz file")
+
+    def images_in(d, deep):
+        files = d.rglob("*") if deep else d.iterdir()
+        return sorted(f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    by_class = {d.name: found for d in subdirs if (found := images_in(d, deep=True))}
+    top = images_in(folder, deep=False)
+    if by_class and top:
+        raise ValueError(f"{what}: {folder} holds both images ({top[0].name}...) and class "
+                         "subfolders; move the images into a subfolder of their class")  # fmt: skip
+    if not by_class and not top:
+        raise DatasetNotFoundError(f"{what}: no image files in {os.path.abspath(folder)} nor in "
+                                   f"its subfolders (looked for {', '.join(IMAGE_SUFFIXES)}, "
+                                   "any case)")  # fmt: skip
+    if classes is None:
+        classes = tuple(by_class)  # sorted, as the subfolders were
+    elif set(by_class) - set(classes):
+        raise ValueError(f"{what}: class folders {sorted(set(by_class) - set(classes))} of "
+                         f"{folder} are not classes of the training folder "
+                         f"({', '.join(classes)})")  # fmt: skip
+    if by_class:
+        paths = [(f, classes.index(c)) for c, files in by_class.items() for f in files]
+    else:
+        paths = [(f, -1) for f in top]
+    images, bad = [], []
+    for f, _ in paths:
+        try:
+            images.append(_read_image(f))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            bad.append((f, e))
+    if bad:
+        f, e = bad[0]
+        raise ValueError(f"{what}: cannot read {len(bad)} of {len(paths)} image files ("
+                         f"{len(images)} good), first {os.path.abspath(f)}: {e}. Fix or remove "
+                         "the file")  # fmt: skip
+    labels = np.array([label for _, label in paths], np.int32)
+    names = [os.path.abspath(f) for f, _ in paths]
+    return _Images(images, labels, (os.path.abspath(folder),), names,
+                   classes if by_class else ())  # fmt: skip
+
+
+def _tfds_builder(name: str, data_dir):
+    """The builder of a data set tensorflow-datasets has prepared in `data_dir` (None: tfds'
+    default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); never downloads.
+
+    Raises:
+      DatasetNotFoundError: not prepared there (saying where tfds looked and how to prepare it).
+    """
+    import tensorflow_datasets as tfds  # optional, and slow to import
+
+    where = os.path.abspath(data_dir or tfds.core.constants.get_default_data_dir())
+    try:
+        builder = tfds.builder(name, data_dir=where)
+        why = "" if builder.is_prepared() else f" (nothing in {builder.data_path})"
+    except Exception as e:  # an unknown name or config: tfds' own message, first line
+        builder, why = None, f" (tensorflow-datasets: {str(e).splitlines()[0]})"
+    if why:
+        raise DatasetNotFoundError(
+            f"tfds:{name} is not prepared in {where}, the folder tensorflow-datasets looked in"
+            f"{why}; jaxae never downloads. Fix: on a machine with internet, `tfds build {name} "
+            f"--data_dir DIR --file_format array_record`, then copy DIR/{name.split('/')[0]} into "
+            f"{where} (or pass --data_dir DIR where it is)"
+        )
+    return builder
+
+
+def _read_tfds_split(builder, name: str, split: str) -> _Images:
+    """One split of a prepared tfds data set: its features ``image`` and ``label`` (if any).
+    array_record files are read without TensorFlow; tfrecord files need it."""
+    if split not in builder.info.splits:
+        raise ValueError(f"tfds:{name} has no split {split!r}: it has {list(builder.info.splits)}")
+    if builder.info.file_format.value == "array_record":
+        source = builder.as_data_source(split)
+        examples = (source[i] for i in range(len(source)))
+    else:
+        import tensorflow_datasets as tfds
+
+        try:
+            import tensorflow  # noqa: F401  (tfds reads its tfrecord files with it)
+        except ImportError:
+            raise ValueError(
+                f"tfds:{name} is prepared as {builder.info.file_format.value} files, which only "
+                "TensorFlow reads: pip install tensorflow, or prepare it again with `tfds build "
+                f"{name} --file_format array_record`"
+            ) from None
+        examples = tfds.as_numpy(builder.as_dataset(split=split))
+    features = builder.info.features
+    if "image" not in features:
+        raise ValueError(f"tfds:{name}: no feature 'image' (it has {list(features)})")
+    images, labels = [], []
+    for ex in examples:
+        x = np.asarray(ex["image"])
+        images.append(x[..., None] if x.ndim == 2 else x)
+        labels.append(ex.get("label", -1))
+    files = tuple(str(f) for f in builder.info.splits[split].filepaths)
+    names = [f"tfds:{name}/{split}[{i}]" for i in range(len(images))]
+    return _Images(images, np.asarray(labels, np.int32), files, names)
+
+
+def _split_test(train: _Images, fraction: float) -> tuple[_Images, _Images]:
+    """Splits off a seeded `fraction` of the images (`TEST_SPLIT_SEED`); both parts keep the
+    images' order."""
+    n = len(train.images)
+    n_test = round(fraction * n)
+    if not 0 < n_test < n:
+        raise ValueError(f"data.test_fraction={fraction} of {n} images leaves {n_test} test "
+                         "images: choose one that leaves some of both, or set "
+                         "data.test")  # fmt: skip
+    perm = np.random.default_rng(TEST_SPLIT_SEED).permutation(n)
+    return train.take(np.sort(perm[n_test:])), train.take(np.sort(perm[:n_test]))
+
+
+def _read_source(source: Source, test: str, test_fraction: float, data_dir):
+    """The training and test images of a user's source (not a built-in one).
+
+    The test images: the .npz file or folder `test` names (the source's own kind), or for tfds
+    the split `test` names ('' : 'test' if the data set has one); else a seeded
+    `test_fraction` of the training images (`_split_test`).
+    """
+    what = f"data.dataset={source.name!r}"
+    if source.kind == "tfds":
+        builder = _tfds_builder(source.name, data_dir)
+        train = _read_tfds_split(builder, source.name, "train")
+        split = test or ("test" if "test" in builder.info.splits else "")
+        held = _read_tfds_split(builder, source.name, split) if split else None
+    else:
+        read = _read_npz_images if source.kind == "npz" else _read_folder
+        train = read(Path(source.name).expanduser(), what)
+        held = None
+        if test:
+            if parse_source(test).kind != source.kind:
+                kind = "an .npz file" if source.kind == "npz" else "a folder of images"
+                raise ValueError(f"data.test={test!r}: must be {kind}, like "
+                                 f"data.dataset={source.name!r}")  # fmt: skip
+            kwargs = {"classes": train.classes} if source.kind == "folder" else {}
+            held = read(Path(test).expanduser(), f"data.test={test!r}", **kwargs)
+    return _split_test(train, test_fraction) if held is None else (train, held)
+
+
+def _to_channels(x: np.ndarray, channels: int, name: str) -> np.ndarray:
+    """[..., C] pixels with C of 1 (grey), 3 (RGB) or 4 (RGBA: alpha dropped) -> `channels` (1
+    or 3): grey is replicated, RGB made grey with PIL's ITU-R 601-2 luma weights."""
+    c = x.shape[-1]
+    if c not in (1, 3, 4):
+        raise ValueError(f"{name}: {c} channels; jaxae reads 1 (grey), 3 (RGB) or 4 (RGBA)")
+    x = x[..., :3] if c == 4 else x
+    if x.shape[-1] == channels:
+        return x
+    if channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    return (np.round(grey).astype(np.uint8) if x.dtype == np.uint8 else grey)[..., None]
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, C] -> [size, size, C] with PIL's BILINEAR filter, each channel on its own (uint8 or
+    float32 alike); PIL widens the filter when shrinking, so it antialiases."""
+    planes = [Image.fromarray(x[..., k]).resize((size, size), Image.Resampling.BILINEAR)
+              for k in range(x.shape[-1])]  # fmt: skip
+    return np.stack([np.asarray(p) for p in planes], axis=-1).astype(x.dtype, copy=False)
+
+
+def conform(images, names, image_size: int = 0, channels: int = 0) -> np.ndarray:
+    """Images of any sizes and channel counts as one [N, S, S, C] array.
+
+    Args:
+      images: [H, W, C] arrays (or one [N, H, W, C] array), C of 1, 3 or 4 (RGBA).
+      names: each image's file, named in errors.
+      image_size: S: every image not S x S is resized to it (`_resize`: PIL's BILINEAR, which
+        antialiases when shrinking; the aspect ratio is not kept); 0: the images' own size,
+        which must be the same for all.
+      channels: 1 (grey) or 3 (RGB) (`_to_channels`); 0: 1 if every image has one channel,
+        else 3.
+
+    Raises:
+      ValueError: images of different sizes with `image_size` 0, naming two of them.
+    """
+    c = channels or (1 if all(x.shape[-1] == 1 for x in images) else 3)
+
+    def one(x, name):  # resized with the fewer channels: the two steps commute
+        x = _to_channels(x, c, name) if c < x.shape[-1] else x
+        if image_size and x.shape[:2] != (image_size, image_size):
+            x = _resize(x, image_size)
+        return _to_channels(x, c, name)
+
+    out = [one(x, name) for x, name in zip(images, names, strict=True)]
+    if not image_size:
+        for i, x in enumerate(out):
+            if x.shape[:2] != out[0].shape[:2]:
+                (h0, w0), (h, w) = out[0].shape[:2], x.shape[:2]
+                raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} "
+                                 f"is {h}x{w}. Set data.image_size to resize them all to one "
+                                 "size")  # fmt: skip
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
 # Transforms and preprocessing
 
 
@@ -645,29 +975,58 @@ def load(
     transform: str | None = None,
     seed: int = 0,
     allow_tfds: bool | None = None,
+    test: str = "",
+    test_fraction: float = 0.1,
+    image_size: int = 0,
+    channels: int = 0,
 ) -> Dataset:
-    """Loads a named data set with labels, as host NumPy arrays.
+    """Loads a data set with labels, as host NumPy arrays.
 
     Args:
-      name: 'fashion_mnist', 'mnist' or 'omniglot'.
-      data_dir: where the files are; see ``load_raw`` for the search order. A folder given here
-        (or in ``$JAXAE_DATA_DIR``) must hold the files: no other place is tried.
+      name: what ``data.dataset`` names (`parse_source`): 'fashion_mnist', 'mnist' or
+        'omniglot'; ``tfds:NAME[/CONFIG]``, a data set tensorflow-datasets has prepared (read
+        without downloading); a path to an ``.npz`` file of ``images`` [N, H, W(, C)] (uint8, or
+        floats in [0, 1]) and optional ``labels`` [N] (read without pickle, `read_npz`); or a
+        path to a folder of PNG/JPEG files, flat (unlabelled: -1) or with one subfolder per
+        class (label: the subfolder's index in sorted order; `Dataset.classes`).
+      data_dir: for a built-in name, where the files are (see ``load_raw`` for the search
+        order; a folder given here or in ``$JAXAE_DATA_DIR`` must hold them); for ``tfds:``,
+        the data folder of tensorflow-datasets (None: its default). Other sources ignore it.
       val_size: number of training images held out as the validation split, chosen by a NumPy
         permutation seeded with ``seed``; 0 for none.
-      pad_to_32: zero-pad the 28x28 images to 32x32.
+      pad_to_32: zero-pad the images to 32x32 (after any resizing).
       transform: None, 'hflip' or 'vflip', applied to every split (out-of-distribution sets).
       seed: seed of the validation permutation.
-      allow_tfds: fall back on tensorflow-datasets; see ``load_raw``.
+      allow_tfds: fall back on tensorflow-datasets for a built-in name; see ``load_raw``.
+      test: for an .npz file or a folder, another one holding the test images; for tfds, the
+        test split's name. '': the built-ins' and tfds' 'test' split, else `test_fraction`.
+      test_fraction: the part of the training images split off as the test set when there is
+        no test set, seeded with `TEST_SPLIT_SEED` (not `seed`: every run scores the same).
+      image_size: resize every image to this square size (PIL's BILINEAR, antialiased when
+        shrinking, `conform`); 0: keep the images' size, which must then be the same for all.
+      channels: 1 (grey) or 3 (RGB); 0: grey if every image has one channel, else RGB.
 
     Returns:
-      Dataset(name, train, val, test); each Split has images [N, H, W, 1] uint8 (H = W = 28, or
-      32 when padded), labels [N] int32 and the ``files`` it was read from (val: those of
-      train); val is None when val_size is 0. ``Dataset.files`` lists all of them, to record
-      in the run.
+      Dataset(name, train, val, test, classes); each Split has images [N, H, W, C] (uint8, or
+      float32 from a float .npz), labels [N] int32 and the ``files`` it was read from (val:
+      those of train; a folder records its own path); val is None when val_size is 0.
+      ``Dataset.files`` lists all of them, to record in the run.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-    train, test = (load_raw(name, s, data_dir, allow_tfds=allow_tfds) for s in SPLITS)
+    source = parse_source(name)
+    if source.kind == "builtin":
+        raw = [_as_images(load_raw(name, s, data_dir, allow_tfds=allow_tfds), f"{name}/{s}")
+               for s in SPLITS]  # fmt: skip
+    else:
+        raw = _read_source(source, test, test_fraction, data_dir)
+    raw_train, raw_test = raw
+    # One size and channel count for both splits: the model takes the test images too.
+    n = len(raw_train.images)
+    both = conform(raw_train.images + raw_test.images, raw_train.names + raw_test.names,
+                   image_size, channels)  # fmt: skip
+    train = Split(both[:n], raw_train.labels, raw_train.files)
+    test_split = Split(both[n:], raw_test.labels, raw_test.files)
     train, val = _split_val(train, val_size, seed)
 
     def finish(split):
@@ -678,4 +1037,19 @@ def load(
             images = np.ascontiguousarray({"hflip": hflip, "vflip": vflip}[transform](images))
         return split._replace(images=pad32(images) if pad_to_32 else images)
 
-    return Dataset(name, finish(train), finish(val), finish(test))
+    return Dataset(name, finish(train), finish(val), finish(test_split), raw_train.classes)
+
+
+def load_config(data, *, seed: int = 0, data_dir=None) -> Dataset:
+    """The data set a config's ``data`` section names (`jaxae.config`), split and shaped as the
+    run trains on it: its one mapping onto `load`'s arguments, for training and evaluation.
+
+    Args:
+      data: the ``data`` section (a ConfigDict or a dict).
+      seed: ``training.seed``, which seeds the validation split.
+      data_dir: where the data are, per machine (so not in the config); see `load`.
+    """
+    return load(data["dataset"], data_dir=data_dir, val_size=data["val_size"],
+                pad_to_32=data["pad_to_32"], seed=seed, test=data["test"],
+                test_fraction=data["test_fraction"], image_size=data["image_size"],
+                channels=data["channels"])  # fmt: skip

@@ -280,8 +280,7 @@ def _run_data(restored, run_dir, data_dir=None, *, fix: str, check_size=True) ->
       ValueError: the images are not of the model's shape (`jaxae.data.check_image_shape`).
     """
     dc, tc = restored.config.data, restored.config.training
-    ds = jdata.load(dc.dataset, data_dir=data_dir, val_size=dc.val_size, pad_to_32=dc.pad_to_32,
-                    seed=tc.seed)  # fmt: skip
+    ds = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir)
     data = restored.meta.get("data", {})
     recorded, files = data.get("num_examples"), {Path(f).name for f in data.get("files", [])}
     subset = files and files <= {Path(f).name for f in ds.files}

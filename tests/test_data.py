@@ -499,6 +499,14 @@ def test_empty():
         data.from_arrays(np.zeros((0, 28, 28), np.uint8))
 
 
+def test_from_arrays_refuses_one_image_and_channels_first():
+    with pytest.raises(ValueError, match=r"batch axis is missing: pass images\[None\]"):
+        data.from_arrays(np.zeros((28, 28, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"channels-first.*images\.transpose\(0, 2, 3, 1\)"):
+        data.from_arrays(np.zeros((8, 3, 28, 28), np.uint8))
+    assert data.from_arrays(np.zeros((2, 4, 4), np.uint8)).images.shape == (2, 4, 4, 1)
+
+
 def test_labels_length_mismatch():
     with pytest.raises(ValueError, match="labels have shape \\(2,\\) but there are 3 images"):
         data.from_arrays(np.zeros((3, 4, 4), np.uint8), [0, 1])

@@ -1,0 +1,252 @@
+"""The user's own data sources of `jaxae.data.load` (``data.dataset``): a folder of PNG/JPEG
+images (class subfolders or flat), an .npz file, a data set tensorflow-datasets prepared locally;
+their test splits, sizes and channels, their named errors; and one run of `experiments/train.py`
+on a folder, resumed. All on tiny generated data."""
+
+import json
+import pickle
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import train as etrain
+from jaxae import config as jconfig
+from jaxae import data, evaluate
+
+
+def rgb(n, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), np.uint8)
+
+
+def write_pngs(folder, images, suffix=".png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images):
+        Image.fromarray(x.squeeze(-1) if x.shape[-1] == 1 else x).save(folder / f"{i:03d}{suffix}")
+    return folder
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    """40 RGB 32x32 images: 20 PNG in cat/, 20 JPEG in dog/."""
+    write_pngs(tmp_path / "pets" / "cat", rgb(20, seed=1))
+    write_pngs(tmp_path / "pets" / "dog", rgb(20, seed=2), ".JPG")
+    return tmp_path / "pets"
+
+
+def test_class_folder_labels_classes_and_a_seeded_test_fraction(class_folder):
+    ds = data.load(str(class_folder), seed=5)
+    assert ds.classes == ("cat", "dog")
+    assert ds.train.images.shape == (36, 32, 32, 3) and ds.test.images.shape == (4, 32, 32, 3)
+    assert ds.train.images.dtype == np.uint8
+    labels = np.concatenate([ds.train.labels, ds.test.labels])
+    np.testing.assert_array_equal(np.bincount(labels), [20, 20])
+    assert ds.files == (str(class_folder),)  # the absolute path read
+    # The PNGs are read as written; the test split does not move with training.seed.
+    cat0 = np.asarray(Image.open(class_folder / "cat" / "000.png"))
+    assert any((x == cat0).all() for x in (ds.train.images[0], ds.test.images[0]))
+    again = data.load(str(class_folder), seed=6, test_fraction=0.1)
+    np.testing.assert_array_equal(again.test.images, ds.test.images)
+
+
+def test_flat_grey_folder_with_a_test_folder(tmp_path):
+    grey = rgb(30, 16)[..., :1]
+    train = write_pngs(tmp_path / "train", grey[:24])
+    test = write_pngs(tmp_path / "test", grey[24:])
+    ds = data.load(str(train), test=str(test))
+    assert ds.classes == ()
+    np.testing.assert_array_equal(ds.train.images, grey[:24])
+    np.testing.assert_array_equal(ds.test.images, grey[24:])
+    assert (ds.train.labels == -1).all() and (ds.test.labels == -1).all()
+    assert ds.files == (str(train), str(test))
+
+
+def test_npz_with_a_test_file_and_by_fraction(tmp_path):
+    images, labels = rgb(40, 16), np.arange(40) % 3
+    np.savez(tmp_path / "train.npz", images=images, labels=labels)
+    np.savez(tmp_path / "test.npz", images=images[:8, ..., :1])  # grey, unlabelled
+    ds = data.load(str(tmp_path / "train.npz"), test=str(tmp_path / "test.npz"))
+    np.testing.assert_array_equal(ds.train.images, images)
+    np.testing.assert_array_equal(ds.train.labels, labels)
+    # channels 0: RGB, since not every image is grey; grey ones are replicated
+    np.testing.assert_array_equal(ds.test.images, np.repeat(images[:8, ..., :1], 3, -1))
+    assert (ds.test.labels == -1).all()
+    split = data.load(str(tmp_path / "train.npz"), test_fraction=0.25)
+    assert len(split.train.images) == 30 and len(split.test.images) == 10
+    together = np.concatenate([split.train.labels, split.test.labels])
+    np.testing.assert_array_equal(np.sort(together), np.sort(labels))
+    assert split.files == (str(tmp_path / "train.npz"),)
+
+
+def test_image_size_resizes_with_pil_bilinear_and_channels_convert(tmp_path):
+    images = rgb(10, 32)
+    folder = write_pngs(tmp_path / "mixed", images[:6])
+    write_pngs(tmp_path / "other", [rgb(1, 20)[0]])
+    (tmp_path / "other" / "000.png").rename(folder / "big.png")
+    with pytest.raises(ValueError, match=r"different sizes: .*000\.png is 32x32, .*big\.png is "
+                                         r"20x20\. Set data\.image_size"):  # fmt: skip
+        data.load(str(folder))
+    test = write_pngs(tmp_path / "test", images[6:])
+    ds = data.load(str(folder), test=str(test), image_size=16, channels=1)
+    assert ds.train.images.shape == (7, 16, 16, 1) and ds.test.images.shape == (4, 16, 16, 1)
+    want = Image.fromarray(images[0]).convert("L").resize((16, 16), Image.Resampling.BILINEAR)
+    # grey first (601-2 luma, as PIL's 'L'), then resized: within rounding of PIL's own
+    assert np.abs(ds.train.images[0, ..., 0].astype(int) - np.asarray(want)).max() <= 1
+    ds = data.load(str(test), test=str(test), channels=3, image_size=32)  # already RGB 32x32
+    np.testing.assert_array_equal(ds.train.images, images[6:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Named errors
+
+
+def test_missing_path_and_unknown_name(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match=r"no such file or folder .*nowhere"):
+        data.load(str(tmp_path / "nowhere"))
+    with pytest.raises(data.DatasetNotFoundError, match=r"no such file or folder .*none\.npz"):
+        data.load(str(tmp_path / "none.npz"))
+    with pytest.raises(ValueError, match=r"unknown data set 'cifar10': .*write tfds:cifar10"):
+        data.load("cifar10")
+
+
+def test_empty_folder_names_it_and_the_extensions(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(data.DatasetNotFoundError,
+                       match=r"no image files in .*empty .*\.png, \.jpg, \.jpeg"):  # fmt: skip
+        data.load(str(tmp_path / "empty"))
+
+
+def test_corrupt_image_is_named_with_the_count_of_good_ones(tmp_path):
+    folder = write_pngs(tmp_path / "imgs", rgb(5, 16))
+    (folder / "002.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read 1 of 5 image files \(4 good\), first "
+                                         r".*imgs/002\.png"):  # fmt: skip
+        data.load(str(folder))
+
+
+def test_npz_labels_channels_first_and_pickle_are_refused(tmp_path):
+    np.savez(tmp_path / "short.npz", images=rgb(10, 8), labels=np.arange(9))
+    with pytest.raises(ValueError, match=r"labels have shape \(9,\) but there are 10 images"):
+        data.load(str(tmp_path / "short.npz"))
+    np.savez(tmp_path / "chw.npz", images=rgb(10, 8).transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"channels-first.*transpose\(0, 2, 3, 1\)"):
+        data.load(str(tmp_path / "chw.npz"))
+    np.savez(tmp_path / "obj.npz", images=np.array([rgb(1, 8)[0], None], dtype=object))
+    with pytest.raises(ValueError, match=r"obj\.npz.*never code"):
+        data.load(str(tmp_path / "obj.npz"))
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"images": rgb(2, 8)}))
+    with pytest.raises(ValueError, match=r"p\.npz is not an \.npz archive \(it is a Python pickle"):
+        data.load(str(tmp_path / "p.npz"))
+
+
+def test_bad_split_settings(tmp_path, class_folder):
+    with pytest.raises(ValueError, match=r"data\.test_fraction=0\.01 of 40 images leaves 0"):
+        data.load(str(class_folder), test_fraction=0.01)
+    np.savez(tmp_path / "t.npz", images=rgb(2, 32))
+    with pytest.raises(
+        ValueError, match=r"data\.test='.*t\.npz': must be a folder of images, like"
+    ):
+        data.load(str(class_folder), test=str(tmp_path / "t.npz"))
+    write_pngs(tmp_path / "test" / "bird", rgb(2, 32))
+    with pytest.raises(ValueError, match=r"class folders \['bird'\] .*not classes of the "
+                                         r"training folder \(cat, dog\)"):  # fmt: skip
+        data.load(str(class_folder), test=str(tmp_path / "test"))
+
+
+# ---------------------------------------------------------------------------------------------
+# tensorflow-datasets, prepared locally: a tiny builder, no download
+
+
+def _tiny_tfds(data_dir, splits):
+    """Prepares `tiny_images` (16x16 RGB, labels 0/1) in `data_dir` as array_record files, which
+    tfds writes and reads without TensorFlow (an ``Image`` feature would need it to encode)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+
+    class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Tensor(shape=(16, 16, 3), dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(num_classes=2)}  # fmt: skip
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(n) for split, n in splits.items()}
+
+        def _generate_examples(self, n):
+            for i, x in enumerate(rgb(n, 16, seed=n)):
+                yield i, {"image": x, "label": i % 2}
+
+    TinyImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+
+def test_tfds_prepared_locally_with_and_without_a_test_split(tmp_path):
+    _tiny_tfds(tmp_path / "a", {"train": 20, "test": 6})
+    ds = data.load("tfds:tiny_images", data_dir=tmp_path / "a")
+    assert ds.train.images.shape == (20, 16, 16, 3) and ds.test.images.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(np.sort(ds.train.images.reshape(20, -1), 0),
+                                  np.sort(rgb(20, 16, seed=20).reshape(20, -1), 0))  # fmt: skip
+    assert set(ds.train.labels) == {0, 1}
+    assert all(f.startswith(str(tmp_path / "a")) and "train" in f for f in ds.train.files)
+    _tiny_tfds(tmp_path / "b", {"train": 20})
+    ds = data.load("tfds:tiny_images", data_dir=tmp_path / "b", test_fraction=0.2)
+    assert len(ds.train.images) == 16 and len(ds.test.images) == 4
+
+
+def test_tfds_not_prepared_says_where_it_looked_and_how_to_prepare(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    for name in ("mnist", "no_such_set"):
+        message = (rf"tfds:{name} is not prepared in {tmp_path}, the folder .*never downloads"
+                   rf".*tfds build {name} --data_dir DIR")  # fmt: skip
+        with pytest.raises(data.DatasetNotFoundError, match=message):
+            data.load(f"tfds:{name}", data_dir=tmp_path)
+
+
+def test_tfds_tfrecord_files_without_tensorflow_say_how_to_read_them(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import fails, as where it is missing
+    info = SimpleNamespace(splits={"train": None}, file_format=SimpleNamespace(value="tfrecord"))
+    with pytest.raises(ValueError, match=r"tfds:x is prepared as tfrecord files, which only "
+                                         r"TensorFlow reads: pip install tensorflow, or .*"
+                                         r"--file_format array_record"):  # fmt: skip
+        data._read_tfds_split(SimpleNamespace(info=info), "x", "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and experiments/train.py
+
+
+def test_config_takes_the_data_fields():
+    c = jconfig.make(data=dict(dataset="imgs/", test="t/", image_size=32, channels=3))
+    assert c.data.test_fraction == 0.1
+    bad = [("channels", 2, "must be 1"), ("image_size", -1, "non-negative"),
+           ("test_fraction", 1.0, r"in \(0, 1\)"), ("dataset", "", "must name")]  # fmt: skip
+    for field, value, why in bad:
+        with pytest.raises(ValueError, match=rf"config data\.{field}=.*{why}"):
+            jconfig.make(data={field: value})
+
+
+def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, class_folder):
+    config = jconfig.make(
+        data=dict(dataset=str(class_folder)),
+        model=dict(arch="dense", width=8, latent_dim=2),
+        training=dict(batch_size=8, epochs=1, max_steps=2),
+    )
+    workdir = tmp_path / "run"
+    summary = etrain.train_and_evaluate(config, workdir, progress=False)
+    assert summary["steps"] == 2 and summary["model"]["image_shape"] == [32, 32, 3]
+    assert summary["data_files"] == [str(class_folder)]
+    again = etrain.train_and_evaluate(config, workdir, progress=False)
+    assert again["steps"] == 2 and again["resumed_from"] == 2
+    # its samplers are fitted to the codes of the folder's own training split, not a dataset's
+    evaluate.fit_sampler(workdir, "gaussian")
+    fitted = json.loads((workdir / "samplers" / "gaussian" / "fitted_on.json").read_text())
+    assert fitted["num_codes"] == len(data.load_config(config.data).train.images)
+    config.data.image_size = 32  # the images' own size: the same model, another config
+    with pytest.raises(ValueError, match=r"cannot resume.*data\.image_size: 0 -> 32"):
+        etrain.train_and_evaluate(config, workdir, progress=False)
