@@ -586,7 +586,9 @@ def evaluate_row(ctx, dataset: str, row: str, run: Path, test: jdata.Split) -> d
         "version": VERSION,
         "dataset": dataset,
         "row": row,
-        "config": jconfig.flatten(restored.config),
+        # the config as saved (not as restored, which fills fields added since with defaults):
+        # a cell stays valid when the library gains a config field
+        "config": jconfig.flatten(restored.meta["config"]),
         "checkpoint": pae_cli.checkpoint_key(restored),
         "inception": inception.weights_sha256(inception.weights_path(None)),
         "samples": ctx.n,
