@@ -84,7 +84,7 @@ def default(kind: str | None = None) -> ml_collections.ConfigDict:
     c.model = dict(
         kind="ae",  # `jaxae.models.KINDS`
         arch="mlp",  # `jaxae.nets.ARCHS`
-        head="mse",  # `jaxae.heads.HEADS`; 'mse' is the plain autoencoder
+        head="mse",  # `jaxae.heads.ALL_HEADS`; 'mse' is the plain autoencoder
         k=1,  # mixture components of the head
         latent_dim=32,
         beta=1.0,  # the VAE's beta-VAE weight (PAE paper Eq. 15); 1 with capacity 0: plain VAE
@@ -315,10 +315,15 @@ def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
     for field, choices in (
         ("data.scale", SCALES),
         ("model.arch", tuple(nets.ARCHS)),
-        ("model.head", heads.HEADS),
+        ("model.head", heads.ALL_HEADS),
     ):
         if flat[field] not in choices:
             bad(field, f"must be one of {', '.join(choices)}")
+    if flat["model.head"] in heads.BERNOULLI_HEADS and (
+        flat["data.scale"] != "unit" or flat["data.dequantize"]
+    ):  # their densities live on pixels in [0, 1]
+        bad("model.head", "a density of pixels in [0, 1]: needs data.scale='unit' and "
+            "data.dequantize=False")  # fmt: skip
     from jaxae import flows
 
     if flat["flow.kind"] not in ("", *flows.FLOWS):

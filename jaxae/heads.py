@@ -2,7 +2,7 @@
 
 A head turns the raw decoder output f(x) [B, P] into a distribution over the image,
 ``X_rec | x ~ Distribution(parameters = f(x))``; the training loss is its negative
-log-likelihood. Heads are pure functions chosen by name from `HEADS`:
+log-likelihood. Heads are pure functions chosen by name from `ALL_HEADS`:
 
 | name | distribution (per component) | P per component |
 | --- | --- | --- |
@@ -13,13 +13,20 @@ log-likelihood. Heads are pure functions chosen by name from `HEADS`:
 | matrix_normal_identity / _diag / _full | MN(M, U, V), U, V: I, diag, tril | D, D+H+W, D+2 tri |
 | matrix_t_identity / _diag / _full | matrix t (TFP's MatrixTLinearOperator) | 1 + the MN's |
 | vae | the VAE's diagonal-Normal decoder likelihood | 2D |
+| bernoulli | Bernoulli(sigmoid(logits)) per pixel, `distrax.Bernoulli` | D |
+| continuous_bernoulli | continuous Bernoulli per pixel, `distributions.ContinuousBernoulli` | D |
 
-Every head but mse, maf and vae is also a mixture of K components with input-dependent weights
-(`distrax.MixtureSameFamily` over stacked parameters); its raw output starts with K logits. As
-in the paper's code, K = 1 still emits its one (inert) logit, so P = 25,120 + 33 P_head
-reproduces the paper's parameter counts. Constraints as in the paper: a positive value is
-1e-6 + softplus(raw); a positive-definite factor is a lower triangle filled from raw values
-with a 1e-6 + softplus diagonal (TFP's FillScaleTriL), so the covariance is L L^T.
+`HEADS` are the paper's 15 rows (the grid of `experiments/vpae_table.py`); `ALL_HEADS` adds the
+Bernoulli heads, for binarized or [0, 1] images (pythae's BCE; Loaiza-Ganem & Cunningham 2019),
+and is what a config's ``model.head`` may name.
+
+Every head but mse, maf, vae and the Bernoulli heads is also a mixture of K components with
+input-dependent weights (`distrax.MixtureSameFamily` over stacked parameters); its raw output
+starts with K logits. As in the paper's code, K = 1 still emits its one (inert) logit, so
+P = 25,120 + 33 P_head reproduces the paper's parameter counts. Constraints as in the paper: a
+positive value is 1e-6 + softplus(raw); a positive-definite factor is a lower triangle filled
+from raw values with a 1e-6 + softplus diagonal (TFP's FillScaleTriL), so the covariance is
+L L^T.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ HEADS = (
     *(f"{f}_{s}" for f in ("matrix_normal", "matrix_t") for s in SCALES),
     "vae",
 )
+BERNOULLI_HEADS = ("bernoulli", "continuous_bernoulli")  # one logit per pixel, x in [0, 1]
+ALL_HEADS = (*HEADS, *BERNOULLI_HEADS)
 EPS = 1e-6
 # Above this many bytes of estimated training memory a head needs force=True (the paper marks
 # K=10 with full covariance as out of memory).
@@ -131,7 +140,7 @@ class Head:
     """A likelihood head: static config (hashable, so it can be closed over by `jax.jit`).
 
     Attributes:
-      name: one of `HEADS`.
+      name: one of `ALL_HEADS`.
       k: number of mixture components (1: no mixture).
       image_shape: (H, W, C) of the data.
       force: build a head even when its estimated memory exceeds `MEMORY_LIMIT`.
@@ -146,8 +155,8 @@ class Head:
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
-        if self.name not in HEADS:
-            raise ValueError(f"unknown head {self.name!r}; choose one of {', '.join(HEADS)}")
+        if self.name not in ALL_HEADS:
+            raise ValueError(f"unknown head {self.name!r}; choose one of {', '.join(ALL_HEADS)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"head {self.name!r}: K must be an integer >= 1, got {self.k!r}")
         if self.k > 1 and not self.mixable:
@@ -175,12 +184,13 @@ class Head:
 
     @property
     def scale(self) -> str | None:
-        """'identity', 'diag' or 'full' (None for mse, maf and vae)."""
+        """'identity', 'diag' or 'full' (None for mse, maf, vae and the Bernoulli heads)."""
         return self.name.rsplit("_", 1)[1] if self.name.endswith(SCALES) else None
 
     @property
     def mixable(self) -> bool:
-        """Whether the head also comes as a mixture of K components (all but mse, maf and vae)."""
+        """Whether the head also comes as a mixture of K components (not mse, maf, vae and the
+        Bernoulli heads)."""
         return self.family in FAMILIES
 
     @property
@@ -200,6 +210,8 @@ class Head:
 
     def _blocks(self) -> list[tuple[str, int]]:
         """Named raw blocks of one component, in order."""
+        if self.name in BERNOULLI_HEADS:
+            return [("logits", self.dim)]
         if not self.mixable:
             return [("loc", self.dim)] + ([("scale", self.dim)] if self.name == "vae" else [])
         blocks = [("df", 1)] if FAMILIES[self.family] else []
@@ -260,6 +272,8 @@ class Head:
 
     def component(self, blocks: dict) -> distrax.Distribution:
         """The distribution of each component (batch [B] or [B, K])."""
+        if self.name in BERNOULLI_HEADS:
+            return self._bernoulli(blocks["logits"])
         loc = blocks["loc"]
         if self.is_matrix:
             loc = loc.reshape(*loc.shape[:-1], *self.event_shape)
@@ -295,6 +309,24 @@ class Head:
             return jd.MultivariateStudentT(df, loc, scale_diag=positive(blocks["scale"]))
         return jd.MultivariateStudentT(df, loc)
 
+    def _bernoulli(self, logits) -> distrax.Distribution:
+        """Independent pixels, logits [B, D]: event (D,), as the vector heads.
+
+        `bernoulli`: log p(x) = sum_i x_i log sigmoid(l_i) + (1 - x_i) log sigmoid(-l_i)
+        = sum_i x_i l_i - softplus(l_i), minus the binary cross-entropy with logits (pythae's BCE).
+        A probability mass function for binary x in {0, 1}^D, where its NLL is the standard one
+        of binarized MNIST; for grey x in [0, 1] the same formula is the cross-entropy, not a
+        normalised density over [0, 1]^D (the continuous Bernoulli is). Its mean sigmoid(l) is
+        the reconstruction; samples are 0/1 in the logits' float dtype.
+        `continuous_bernoulli`: `distributions.ContinuousBernoulli`, a density on [0, 1]^D;
+        its mean (not sigmoid(l)) is the reconstruction.
+        """
+        if self.name == "bernoulli":
+            pixels = distrax.Bernoulli(logits=logits, dtype=logits.dtype)
+        else:
+            pixels = jd.ContinuousBernoulli(logits)
+        return distrax.Independent(pixels, reinterpreted_batch_ndims=1)
+
     def distribution(self, raw) -> distrax.Distribution:
         """raw [B, P] -> distribution with batch [B] and event `event_shape`.
 
@@ -326,8 +358,9 @@ class Head:
     def point(self, dist, mixture_logp=None) -> jax.Array:
         """The point reconstruction (event shape), before clipping.
 
-        Normal heads: the (mixture) mean. t heads: the mode of the component whose mode has the
-        highest mixture log-density (pass that [B, K] log-density if already computed).
+        Normal and Bernoulli heads: the (mixture) mean. t heads: the mode of the component whose
+        mode has the highest mixture log-density (pass that [B, K] log-density if already
+        computed).
         """
         if not FAMILIES.get(self.family, False):
             return dist.mean()

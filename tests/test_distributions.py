@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.linalg
 import scipy.stats
 from scipy.special import gammaln
@@ -705,3 +706,86 @@ def test_multivariate_normal_matches_scipy_and_moments(x64):
         [scipy.linalg.solve_triangular(tril[b], x[b] - loc[b], lower=True) for b in range(2)]
     )
     np.testing.assert_allclose(dist.whiten(jnp.asarray(x)), want, rtol=1e-10)
+
+
+# Continuous Bernoulli
+
+# logits across [-20, 20], with values at and very near 0 (lambda ~ 1/2, where the closed forms
+# are 0/0) and on both sides of the series cutoffs (~1 to 1.5 in float32)
+CB_LOGITS = np.concatenate(
+    [np.linspace(-20, 20, 41), [0.0, 1e-30, 1e-7, -1e-7, 1e-4, -1e-3, 0.3, 0.95, 1.02, -1.21, 1.5]]
+)
+
+
+def _cb_summary(dist, x):
+    """What the float32 test compares, of a continuous Bernoulli (ours or TFP's) at x."""
+    return {"log_prob": dist.log_prob(x), "mean": dist.mean(), "variance": dist.variance()}
+
+
+def test_continuous_bernoulli_matches_tfp_in_float32():
+    eta = jnp.asarray(CB_LOGITS, jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).random(eta.shape), jnp.float32)
+
+    @jax.jit  # one compile, not one per eager op
+    def ours(eta, x):
+        dist = jd.ContinuousBernoulli(eta)
+        grad = jax.grad(lambda e: jd.ContinuousBernoulli(e).log_prob(x).sum())(eta)
+        outside = dist.log_prob(jnp.asarray([-0.1, 1.1])[:, None])
+        return {
+            **_cb_summary(dist, x),
+            "log_normalizer": dist.log_normalizer(),
+            "grad": grad,
+            "outside": outside,
+            "tfp_f32": tfd.ContinuousBernoulli(logits=eta).log_prob(x),
+        }
+
+    got = ours(eta, x)
+    with jax.enable_x64(True):  # the reference: TFP in float64; d log p / d eta = x - E[x]
+        ref = tfd.ContinuousBernoulli(logits=jnp.asarray(CB_LOGITS))
+        want = jax.jit(
+            lambda x: {
+                **_cb_summary(ref, x),
+                "log_normalizer": ref._log_normalizer(),
+                "grad": x - ref.mean(),
+            }
+        )(jnp.asarray(np.asarray(x), jnp.float64))
+        want = {k: np.asarray(v) for k, v in want.items()}
+    np.testing.assert_allclose(got["log_prob"], got["tfp_f32"], atol=4e-6)
+    for key, atol in (("log_prob", 4e-6), ("log_normalizer", 4e-6), ("mean", 1e-6),
+                      ("variance", 1e-6), ("grad", 2e-6)):  # fmt: skip
+        # the gradient is smooth through 0, where autodiff of a 0/0 form would not be
+        np.testing.assert_allclose(got[key], want[key], atol=atol, err_msg=key)
+    np.testing.assert_allclose(got["log_normalizer"][41], np.log(2), rtol=1e-7)  # eta = 0
+    np.testing.assert_allclose(got["mean"][41], 0.5)
+    np.testing.assert_array_equal(got["outside"], -np.inf)
+    dist = jd.ContinuousBernoulli(eta)
+    assert dist.batch_shape == eta.shape and dist.event_shape == ()
+
+
+def test_continuous_bernoulli_integrates_to_one_with_its_mean_and_variance(x64):
+    eta = jnp.asarray(CB_LOGITS)
+    dist = jd.ContinuousBernoulli(eta)
+    density = jax.jit(lambda x: jnp.exp(dist.log_prob(x)))
+
+    def moments(x):
+        p = np.asarray(density(x))
+        return np.concatenate([p, x * p, x * x * p])
+
+    got, _ = scipy.integrate.quad_vec(moments, 0.0, 1.0, epsabs=1e-12, epsrel=1e-10)
+    total, first, second = np.split(got, 3)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-9)
+    np.testing.assert_allclose(first, dist.mean(), rtol=1e-9)
+    np.testing.assert_allclose(second - first**2, dist.variance(), rtol=1e-7, atol=1e-12)
+
+
+def test_continuous_bernoulli_samples_follow_its_cdf():
+    eta = np.asarray([-20.0, -3.0, -1e-6, 0.0, 1e-6, 0.5, 2.0, 20.0], np.float32)
+    dist = jd.ContinuousBernoulli(eta)
+    draws = np.asarray(dist.sample(seed=jax.random.PRNGKey(0), sample_shape=4000))
+    assert draws.shape == (4000, 8) and draws.dtype == np.float32
+    assert draws.min() >= 0 and draws.max() <= 1
+    for j, e in enumerate(eta.astype(np.float64)):  # F(x) = expm1(eta x) / expm1(eta); x at 0
+        cdf = (lambda x: x) if e == 0 else (lambda x, e=e: np.expm1(e * x) / np.expm1(e))
+        assert scipy.stats.kstest(draws[:, j], cdf).pvalue > 1e-3, e
+    sd = np.sqrt(np.asarray(dist.variance()) / 4000)
+    assert np.all(np.abs(draws.mean(0) - np.asarray(dist.mean())) < 5 * sd)

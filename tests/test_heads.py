@@ -1,16 +1,27 @@
 """Likelihood heads and VPAE models: parameter counts, NLLs against SciPy, the paper's rules."""
 
+import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.stats as st
 from flax import nnx
 
+from jaxae import config as jconfig
 from jaxae import models, objectives
-from jaxae.heads import HEADS, Head, fill_scale_tril, fill_triangular, positive
+from jaxae.heads import (
+    ALL_HEADS,
+    BERNOULLI_HEADS,
+    Head,
+    fill_scale_tril,
+    fill_triangular,
+    positive,
+)
 
 SMALL = (4, 4, 1)  # D = 16: cheap full covariances
 
@@ -287,7 +298,7 @@ def test_vae_loss_is_nll_plus_closed_form_kl():
     np.testing.assert_allclose(terms["loss"], terms["nll"] + terms["kl"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("name", ALL_HEADS)
 def test_every_head_trains_a_step_under_jit(name):
     head = Head(name, k=1, image_shape=SMALL)
     model = vpae(head, seed=0)
@@ -347,3 +358,96 @@ def test_fill_scale_tril_under_jit_and_scan():
     eager = fill_scale_tril(raw[0], 4)
     _, scanned = jax.jit(lambda r: jax.lax.scan(lambda c, x: (c, fill_scale_tril(x, 4)), 0, r))(raw)
     np.testing.assert_allclose(scanned[0], eager, rtol=1e-6)
+
+
+# Bernoulli heads
+
+
+def _binary(batch=3, seed=1, shape=SMALL):
+    return (np.random.default_rng(seed).random((batch, *shape)) < 0.3).astype(np.float32)
+
+
+def test_bernoulli_head_is_minus_bce_with_logits_and_a_pmf_on_binary_images():
+    head = Head("bernoulli", image_shape=(2, 2, 1))
+    raw = _raw(head, batch=2) * 8  # logits up to ~+-10
+    dist = head.distribution(raw)
+    assert (dist.batch_shape, dist.event_shape) == ((2,), (4,))
+    grey = jnp.asarray(np.random.default_rng(2).random((2, 4)), jnp.float32)
+    for x in (grey, jnp.round(grey)):  # pythae's BCE on grey and on binary pixels
+        bce = optax.sigmoid_binary_cross_entropy(raw, x).sum(-1)
+        np.testing.assert_allclose(dist.log_prob(x), -bce, rtol=1e-6)
+    every = jnp.asarray(list(itertools.product([0.0, 1.0], repeat=4)))  # all 16 binary images
+    total = jnp.exp(jax.vmap(dist.log_prob)(every)).sum(0)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)  # a pmf on {0, 1}^D
+    np.testing.assert_allclose(head.point(dist), jax.nn.sigmoid(raw), rtol=1e-6)
+    p = jax.nn.sigmoid(raw)
+    np.testing.assert_allclose(head.variance(dist), p * (1 - p), rtol=1e-5)
+
+
+def test_continuous_bernoulli_head_sums_tfp_over_pixels_and_reconstructs_its_mean():
+    from tensorflow_probability.substrates.jax import distributions as tfd
+
+    head = Head("continuous_bernoulli", image_shape=SMALL)
+    raw = _raw(head) * 8
+    x = jnp.asarray(_x(), jnp.float32).reshape(3, -1)
+    dist = head.distribution(raw)
+    assert (dist.batch_shape, dist.event_shape) == ((3,), (16,))
+    want = tfd.ContinuousBernoulli(logits=raw).log_prob(x).sum(-1)
+    np.testing.assert_allclose(dist.log_prob(x), want, rtol=1e-5)
+    np.testing.assert_allclose(head.point(dist), tfd.ContinuousBernoulli(logits=raw).mean(),
+                               atol=1e-6)  # fmt: skip
+    assert not np.allclose(head.point(dist), jax.nn.sigmoid(raw), atol=1e-2)  # not lambda
+
+
+@pytest.mark.parametrize("name", BERNOULLI_HEADS)
+def test_bernoulli_heads_train(name):
+    model = vpae(Head(name, image_shape=SMALL), seed=0)
+    graphdef, params, model_state = objectives.split(model)
+    loss_fn = objectives.loss_fn(graphdef)
+    x = jnp.asarray(_binary(8) if name == "bernoulli" else _x(8), jnp.float32)
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, state):
+        def mean_loss(p):
+            terms, _ = loss_fn(p, model_state, {"image": x}, None)
+            return jnp.mean(terms["loss"])
+
+        loss, grads = jax.value_and_grad(mean_loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return loss, optax.apply_updates(params, updates), state
+
+    state, losses = opt.init(params), []
+    for _ in range(15):
+        loss, params, state = step(params, state)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 1.0, losses
+
+
+def test_bernoulli_heads_through_the_config():
+    for name in BERNOULLI_HEADS:
+        c = jconfig.make(model=dict(head=name))
+        spec = models.vpae_spec(c.model.head, c.model.k, c.model.arch, (4, 4, 1))
+        assert nnx.eval_shape(functools.partial(models.build, spec)).head.num_params == 16
+    with pytest.raises(ValueError, match="model.head='cbern'.*continuous_bernoulli"):
+        jconfig.make(model=dict(head="cbern"))
+    with pytest.raises(ValueError, match="head 'bernoulli' has no mixture version"):
+        Head("bernoulli", k=10)
+    for data in (dict(scale="centered"), dict(dequantize=True)):  # pixels off [0, 1]
+        with pytest.raises(ValueError, match=r"model.head='bernoulli'.*data.scale='unit'"):
+            jconfig.make(model=dict(head="bernoulli"), data=data)
+
+
+def test_train_py_with_a_bernoulli_head_on_a_binarized_npz(tmp_path):
+    from experiments import train as etrain
+
+    images = (_binary(64, shape=(8, 8, 1)) * 255).astype(np.uint8)  # binarized: 0 or 255
+    np.savez(tmp_path / "binary.npz", images=images)
+    config = jconfig.make(
+        data=dict(dataset=str(tmp_path / "binary.npz")),
+        model=dict(head="continuous_bernoulli", latent_dim=2),
+        training=dict(batch_size=16, epochs=1, max_steps=2),
+    )
+    summary = etrain.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2 and summary["model"]["head"] == "continuous_bernoulli"
+    assert np.isfinite(summary["test"]["nll"])  # nats per image, on the test split
