@@ -9,6 +9,14 @@ decode(z [B, K]) -> [B, out_features] and `decoder_layers`, the names of its dec
 attributes, so a model can select the decoder's parameters (e.g. RAE's L2 decoder penalty).
 `MLP` is a plain dense network for critics and prior generators.
 
+Shapes: 'mlp' and 'dense' flatten their input, so they take any image shape and vectors
+(image_shape (D,)). The conv nets take images (H, W, C) with any C and H, W divisible by 2^s for
+their s stride-2 stages: 'conv', 'infogan' and 'pythae' 4 (28, 32, 64, ...), 'dcgan' 16 (32, 64,
+...), 'cnn' 2. At sizes other than their paper's they keep their layers, and the flatten and
+dense layers follow the image ((H/2^s)(W/2^s) x channels); each class says what that gives.
+Any other shape is a ValueError when the net is built, naming the sizes it takes and the fix
+(config `data.image_size` resizes, `data.pad_to_32` zero-pads up to 32 x 32).
+
 `ConvTranspose2x` is a stride-2, 4x4 transposed convolution computed by output phase (the
 sub-pixel / phase decomposition, Shi et al. 2016, "Is the deconvolution layer the same as a
 convolutional layer?", arXiv:1609.07009): each of the four phases of the output is a 2x2
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from functools import partial
 
@@ -349,6 +358,7 @@ class MLPAutoencoder(nnx.Module):
     """x -> ReLU(Dense(latent)) -> Dense(out): the 784-32-784 autoencoder of the VPAE paper.
 
     Its code is a ReLU (the paper's); the regularized autoencoders use 'dense' (a linear code).
+    It flattens its input: any image shape, and vectors (image_shape (D,)).
     """
 
     decoder_layers: tuple[str, ...] = ("decoder",)
@@ -362,7 +372,7 @@ class MLPAutoencoder(nnx.Module):
         self.decoder = nnx.Linear(latent_dim, out_features or d, kernel_init=init, rngs=rngs)
 
     def encode(self, x):
-        """Images [B, H, W, C] -> codes ReLU(Dense(x)) [B, K] (or [B, code_features])."""
+        """Inputs [B, *image_shape] -> codes ReLU(Dense(x)) [B, K] (or [B, code_features])."""
         return jax.nn.relu(self.encoder(x.reshape(x.shape[0], -1)))
 
     def decode(self, z):
@@ -370,17 +380,35 @@ class MLPAutoencoder(nnx.Module):
         return self.decoder(z)
 
 
-def _per_pixel_net(
-    name: str, image_shape, out_features, halvings: int = 2, hint: str = ""
-) -> tuple[int, int, int, int]:
-    """(H, W, C, M) of a conv net that halves the image `halvings` times and emits M values per
-    pixel; `hint` ends the error for an image it cannot halve that often."""
-    h, w, c = image_shape
+def _image_hwc(name: str, image_shape, halvings: int) -> tuple[int, int, int]:
+    """(H, W, C) of a conv net's images, which it halves `halvings` times, or a ValueError, raised
+    when the net is built, that says which shapes it takes and how to get one: vectors go to
+    'mlp' or 'dense'; a size that does not divide is resized (`data.image_size`) or, up to 32,
+    zero-padded (`data.pad_to_32`)."""
+    shape = tuple(image_shape)
+    if len(shape) != 3 or not all(isinstance(n, numbers.Integral) and n > 0 for n in shape):
+        fix = "H, W and C must be positive integers"
+        if len(shape) == 1:
+            fix = "for vectors (image_shape [D]) use the 'mlp' or 'dense' architecture"
+        elif len(shape) == 2:
+            fix = f"give the channels too, image_shape [{shape[0]}, {shape[1]}, 1] for grey images"
+        raise ValueError(f"{name} takes images of shape (H, W, C), got image_shape {shape}: {fix}")
+    h, w, c = map(int, shape)
     d = 2**halvings
     if h % d or w % d:
+        size = d * -(-max(h, w) // d)
+        pad = " or zero-pad them to 32 x 32 (config data.pad_to_32)" if max(h, w) <= 32 else ""
         raise ValueError(
-            f"{name} needs H and W divisible by {d}, got image_shape {image_shape}{hint}"
+            f"{name} needs H and W divisible by {d}, got image_shape {shape}: resize the "
+            f"images (config data.image_size={size}){pad}"
         )
+    return h, w, c
+
+
+def _per_pixel_net(name: str, image_shape, out_features, halvings: int = 2):
+    """(H, W, C, M) of a conv net that halves the image `halvings` times (`_image_hwc`) and
+    emits M values per pixel."""
+    h, w, c = _image_hwc(name, image_shape, halvings)
     n = h * w * c
     if out_features is not None and (out_features <= 0 or out_features % n):
         raise ValueError(
@@ -401,8 +429,9 @@ def _per_pixel_out(y, m: int):
 class ConvAutoencoder(nnx.Module):
     """Small conv autoencoder: two stride-2 3x3 convs, a dense code, two `ConvTranspose2x`.
 
-    Its decoder emits M values per pixel (last conv: M C channels), for heads with P = M H W C
-    (e.g. `mse`: M = 1).
+    Any H, W divisible by 4 and any C: the dense layers to and from the code have (H/4)(W/4)2w
+    features (w = 32 by default, option `width`). Its decoder emits M values per pixel (last
+    conv: M C channels), for heads with P = M H W C (e.g. `mse`: M = 1).
     """
 
     decoder_layers: tuple[str, ...] = ("from_code", "up1", "up2")
@@ -450,7 +479,8 @@ class PythaeAutoencoder(ConvAutoencoder):
     Encoder: conv w 4x4 s2, ReLU; conv 2w 4x4 s2, ReLU; flatten; dense K (linear code).
     Decoder: dense (H/4)(W/4)2w, ReLU, reshape; transposed conv w 4x4 s2, ReLU; transposed conv
     M C 4x4 s2, linear. w = 64 by default (option `width`). 'SAME' padding is PyTorch's padding
-    1 at kernel 4, stride 2 on even sizes: 28 -> 14 -> 7 and back.
+    1 at kernel 4, stride 2 on even sizes: 28 -> 14 -> 7 and back. At other sizes (H, W divisible
+    by 4, any C) the same layers, the dense ones (H/4)(W/4)2w wide.
 
     Not pythae's own MNIST benchmark net: `pythae.models.nn.benchmarks.mnist`'s
     `Encoder_Conv_AE_MNIST` is the 128-256-512-1024 BatchNorm net (the 'dcgan' encoder, run on
@@ -477,6 +507,9 @@ class VPAECNN(nnx.Module):
     """The VPAE paper's CNN (Ciobanu 2021, Table 2): Conv 320 3x3 'same' ReLU, max-pool 2,
     Conv(ceil(P/(H W))) 3x3 'same', nearest upsampling x2, flatten, keep the first P values.
 
+    Any even H and W and any C: the same two convolutions (C -> 320 channels, and 320 ->
+    ceil(P / (H W))).
+
     It has no Dense layer, and its code (H/2 x W/2 x 320 = 62,720 values at 28 x 28) is
     over-complete, larger than the 784-pixel image: the paper does not say so, but it explains
     why this CNN reconstructs poorly.
@@ -485,7 +518,7 @@ class VPAECNN(nnx.Module):
     decoder_layers: tuple[str, ...] = ("conv2",)
 
     def __init__(self, image_shape, out_features: int, *, filters: int = 320, rngs):
-        h, w, c = image_shape
+        h, w, c = _image_hwc("VPAECNN", image_shape, halvings=1)
         self.out_features = out_features
         self.out_channels = math.ceil(out_features / (h * w))
         glorot = jax.nn.initializers.glorot_uniform()
@@ -514,7 +547,10 @@ class InfoGANAutoencoder(nnx.Module):
     leaky ReLU; dense K (linear code). Decoder (infoGAN's generator, so ReLU, not leaky):
     dense 1024, BN, ReLU; dense (H/4)(W/4)128, BN, ReLU; transposed conv 64 4x4 s2, BN, ReLU;
     transposed conv C 4x4 s2, linear (the data lie in [-0.5, 0.5]). 'SAME' padding:
-    28 -> 14 -> 7 and back (32 -> 16 -> 8 also works). The decoder's dense-layer BatchNorm
+    28 -> 14 -> 7 and back. At other sizes (H, W divisible by 4, any C: 32 -> 16 -> 8,
+    64 -> 32 -> 16) the same layers; the flatten and the decoder's second dense layer have
+    (H/4)(W/4)128 features, so the two dense layers grow with the image: 13.2M weights in all
+    at 28 x 28 x 1, 17.1M at 32 x 32, 67.5M at 64 x 64. The decoder's dense-layer BatchNorm
     normalises each of its (H/4)(W/4)128 features before the reshape (as TF's infoGAN on the
     flat layer); the conv BatchNorms are per channel. BatchNorm: flax defaults, momentum 0.99,
     epsilon 1e-5; its running statistics are `nnx.BatchStat` model state (`objectives.split`).
@@ -570,7 +606,8 @@ class InfoGANAutoencoder(nnx.Module):
 class DenseAutoencoder(nnx.Module):
     """An MLP autoencoder with a linear code, for vector data and small tests.
 
-    Encoder: flatten, dense w, ReLU, dense w/2, ReLU, dense `code_features` (linear code).
+    Encoder: flatten, dense w, ReLU, dense w/2, ReLU, dense `code_features` (linear code); any
+    input shape (images, or vectors: image_shape (D,)).
     Decoder, mirrored: dense w/2, ReLU, dense w, ReLU, dense `out_features` (linear output).
     w = 512 by default (option `width`). Unlike 'mlp' (the VPAE paper's ReLU code), the code
     can take any sign, as the regularized autoencoders' priors assume.
@@ -587,7 +624,7 @@ class DenseAutoencoder(nnx.Module):
         self.decoder = MLP(latent_dim, hidden[::-1], out_features or d, rngs=rngs)
 
     def encode(self, x):
-        """Images [B, H, W, C] -> codes [B, code_features]."""
+        """Inputs [B, *image_shape] -> codes [B, code_features]."""
         return self.encoder(x.reshape(x.shape[0], -1))
 
     def decode(self, z):
@@ -610,7 +647,9 @@ class DCGANAutoencoder(nnx.Module):
     The last layer is linear here: the table lists BN, ReLU on it too, but a ReLU output cannot
     be negative, so it could not fit centred data or emit a head's raw parameters (a scale's
     log, a logit). 'SAME' padding at kernel 4, stride 2 on even sizes is the paper's padding 1.
-    H and W must be divisible by 16: zero-pad 28 x 28 images to 32 (`data.pad_to_32`).
+    H and W must be divisible by 16: zero-pad 28 x 28 images to 32 (`data.pad_to_32`). At
+    other sizes (any C; 64 -> 32 -> 16 -> 8 -> 4) the same four stages, the dense layers
+    (H/16)(W/16)8w wide: 22.2M weights at 32 x 32 x 1, 22.6M at 64 x 64 x 3.
     BatchNorm: flax defaults (momentum 0.99, epsilon 1e-5), per channel, as in
     `InfoGANAutoencoder`; its running statistics are `nnx.BatchStat` model state. Layers before
     a BatchNorm keep their (redundant) bias, as PyTorch's defaults do. Its decoder emits M
@@ -625,11 +664,7 @@ class DCGANAutoencoder(nnx.Module):
                  width=128, rngs):  # fmt: skip
         _check_width("DCGANAutoencoder", width)
         h, w, c, self.per_pixel = _per_pixel_net(
-            "DCGANAutoencoder",
-            image_shape,
-            out_features,
-            halvings=4,
-            hint=": pad 28x28 images to 32 (config data.pad_to_32)",
+            "DCGANAutoencoder", image_shape, out_features, halvings=4
         )
         widths = (width, 2 * width, 4 * width, 8 * width)
         self.hidden = (h // 16, w // 16, widths[-1])
@@ -780,7 +815,8 @@ def make(
 
     Args:
         arch: a name in `ARCHS`.
-        image_shape: (H, W, C) of the inputs.
+        image_shape: (H, W, C) of the inputs; (D,) for vectors ('mlp', 'dense'). Which sizes
+            each conv net takes: the module's docstring.
         latent_dim: K, the size of a code the decoder takes.
         out_features: P, the size of the decoder's raw output.
         rngs: the parameters' random keys.
@@ -792,7 +828,8 @@ def make(
         The network: encode [B, H, W, C] -> [B, code_features], decode [B, K] -> [B, P].
 
     Raises:
-        ValueError: `arch` is unknown, or an option is not one of `arch`'s.
+        ValueError: `arch` is unknown, an option is not one of `arch`'s, or `arch` does not
+            take `image_shape` (the message says which shapes it takes and how to get one).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}: choose one of {sorted(ARCHS)}")

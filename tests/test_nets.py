@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxae import nets
+from jaxae import models, nets
+from jaxae.heads import Head
 
 
 def _count(model):
@@ -315,7 +316,7 @@ def test_dcgan_and_pythae_default_widths():
 
 
 def test_dcgan_refuses_28x28_with_the_padding_hint():
-    with pytest.raises(ValueError, match=r"divisible by 16.*pad 28x28 images to 32.*pad_to_32"):
+    with pytest.raises(ValueError, match=r"divisible by 16.*image_size=32.*pad them to 32.*pad_to"):
         nets.make("dcgan", (28, 28, 1), 4, 784, width=8, rngs=nnx.Rngs(0))
 
 
@@ -343,6 +344,106 @@ def test_dcgan_batchnorm_statistics_are_state():
     # the running mean moved by (1 - momentum) of the batch mean: 0.99 * 0 + 0.01 * mean
     batch_mean = np.asarray(jax.jit(net.conv1)(x)).mean(axis=(0, 1, 2))
     np.testing.assert_allclose(net.bn1.mean[...], 0.01 * batch_mean, rtol=1e-5, atol=1e-7)
+
+
+# --- any image shape -----------------------------------------------------------------------------
+
+_SHAPES = [(28, 28, 1), (32, 32, 1), (32, 32, 3), (64, 64, 1), (64, 64, 3)]
+
+
+@pytest.mark.parametrize("shape", _SHAPES, ids=["x".join(map(str, s)) for s in _SHAPES])
+@pytest.mark.parametrize("arch", list(nets.ARCHS))
+def test_every_architecture_at_every_image_shape(arch, shape):
+    """encode -> [B, code_features] and decode -> the head's [B, P], for the `mse` head (P = D)
+    and the VAE's (P = 2D, code 2K), latents 2 and 16, default widths; 'dcgan' refuses 28 x 28
+    when built. By shapes only (nnx.eval_shape: nothing is initialised or run)."""
+    if arch == "dcgan" and shape[0] % 16:
+        with pytest.raises(ValueError, match=r"divisible by 16.*image_size=32.*pad_to_32"):
+            nnx.eval_shape(lambda: nets.make(arch, shape, 2, 784, rngs=nnx.Rngs(0)))
+        return
+
+    def code_and_raw(k, p, code_features):
+        net = nets.make(arch, shape, k, p, code_features=code_features, rngs=nnx.Rngs(0))
+        code = net.encode(jnp.zeros((3, *shape)))
+        return code, net.decode(code if arch == "cnn" else jnp.zeros((3, k)))
+
+    for head, code_per_k in (("mse", 1), ("vae", 2)):
+        p = Head(head, image_shape=shape).num_params
+        for k in (2, 16):
+            code, raw = jax.eval_shape(partial(code_and_raw, k, p, code_per_k * k))
+            want = (3, shape[0] // 2, shape[1] // 2, 320) if arch == "cnn" else (3, code_per_k * k)
+            assert (code.shape, raw.shape) == (want, (3, p)), (head, k)
+
+
+@pytest.mark.parametrize(
+    "arch,shape,match",
+    [("conv", (30, 30, 1), r"ConvAutoencoder needs H and W divisible by 4.*image_size=32.*pad_to"),
+     ("pythae", (28, 30, 3), r"PythaeAutoencoder needs .* by 4.*image_size=32.*pad_to_32"),
+     ("infogan", (62, 62, 3), r"InfoGANAutoencoder needs .* by 4.*image_size=64\)(?! or)"),
+     ("dcgan", (40, 40, 3), r"DCGANAutoencoder needs .* by 16.*image_size=48\)(?! or)"),
+     ("cnn", (27, 27, 1), r"VPAECNN needs .* by 2.*image_size=28.*pad_to_32"),
+     *[(a, (7,), r"shape \(H, W, C\), got image_shape \(7,\): for vectors.*'mlp' or 'dense'")
+       for a in ("conv", "cnn", "infogan", "dcgan", "pythae")],
+     ("conv", (28, 28), r"give the channels too, image_shape \[28, 28, 1\]"),
+     ("infogan", (32, 32, 0), "positive integers")],
+)  # fmt: skip
+def test_conv_nets_refuse_other_shapes_when_built(arch, shape, match):
+    """A named ValueError from `make` (not a shape error inside a layer when it runs) that says
+    which sizes the net takes and how to get one."""
+    with pytest.raises(ValueError, match=match):
+        nnx.eval_shape(lambda: nets.make(arch, shape, 4, 64, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("head", ["normal_diag", "t_diag"])
+@pytest.mark.parametrize("arch", ["mlp", "dense"])
+def test_mlp_and_dense_take_vectors(arch, head):
+    """image_shape (D,): a model of tabular data, with the Normal and Student-t heads; by
+    shapes only."""
+
+    def code_raw_nll():
+        model = models.build({"kind": "ae", "arch": arch, "head": head, "latent_dim": 3,
+                              "image_shape": [7]})  # fmt: skip
+        x = jnp.zeros((5, 7))
+        code = model.encode(x)
+        raw = model.decode(code)
+        return code, raw, -model.likelihood(raw).log_prob(model.event(x))
+
+    code, raw, nll = jax.eval_shape(code_raw_nll)
+    p = Head(head, image_shape=(7,)).num_params
+    assert (code.shape, raw.shape, nll.shape) == ((5, 3), (5, p), (5,))
+
+
+def test_compiled_gradient_at_32x32x3_and_64x64x3():
+    """One jitted MSE gradient (BatchNorm in train mode): 'conv' at 32 x 32 x 3 and 'dcgan'
+    (width 8) at 64 x 64 x 3, so the shapes hold in compiled code too; every parameter gets a
+    finite, non-zero gradient. Weights from numpy on the nets' abstract shapes: flax's
+    initialisers compile once per kernel shape (~0.3 s each)."""
+    rng = np.random.default_rng(0)
+    cases = [("conv", (32, 32, 3), 4), ("dcgan", (64, 64, 3), 8)]
+    graphdefs, params, rests, xs = [], [], [], []
+    for arch, shape, width in cases:
+        make = partial(nets.make, arch, shape, 4, int(np.prod(shape)), width=width)
+        net = nnx.eval_shape(lambda make=make: make(rngs=nnx.Rngs(0)))
+        graphdef, param, rest = nnx.split(net, nnx.Param, ...)
+        graphdefs.append(graphdef)
+        params.append(jax.tree.map(lambda s: 0.1 * rng.standard_normal(s.shape, np.float32), param))
+        rests.append(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), rest))
+        xs.append(rng.uniform(-0.5, 0.5, (2, *shape)).astype(np.float32))
+
+    def mse(params, rest, x, graphdef):
+        net = nnx.merge(graphdef, params, rest, copy=True)  # BatchNorm updates its copy
+        return jnp.mean((net.decode(net.encode(x)) - x.reshape(x.shape[0], -1)) ** 2)
+
+    @jax.jit
+    def grads(params, rests, xs):  # one compilation for both nets
+        return [
+            jax.grad(partial(mse, graphdef=g))(p, r, x)
+            for g, p, r, x in zip(graphdefs, params, rests, xs, strict=True)
+        ]
+
+    for g in grads(params, rests, xs):
+        for leaf in jax.tree.leaves(g):
+            assert bool(jnp.all(jnp.isfinite(leaf))) and bool(jnp.any(leaf != 0))
 
 
 # --- decoder_layers: exactly the decoder's parameters -------------------------------------------
