@@ -60,12 +60,12 @@ flow at most 100 epochs; the VPAE as in the paper, 20 epochs), 1,000 samples, th
 second-stage VAE samplers fitted for at most 10 epochs (patience 3); the table lists every
 departure, read from the configs. ``--tiny``: 3 steps of width-8 networks, 64 samples.
 
-Runtime of --cpu, measured on this 2-core machine while other jobs shared it (load ~3.5):
-training 14-16 s/epoch for the plain models (WAE, beta-VAE), 75 s/epoch for MaskAAE and FlexAE
-(5 critic steps, each encoding its batch), about 1 hour per dataset for the 11 rows; each cell
-(1,000 images through Inception: 60 s, its FID: 7 s) about 70 s, the three sampler fits about
-3 minutes, about 10 minutes of evaluation per row: some 6 hours for both datasets, less on an
-idle machine. --samplers and --rows run parts of it; every invocation resumes the last.
+Runtime of --cpu, measured on this 2-core machine on 2026-12-07 (the two datasets in two
+processes side by side, with other jobs): training 2-6 minutes per plain row, 17-20 for MaskAAE
+and FlexAE (5 critic steps, each encoding its batch); each cell (1,000 images through Inception
+and their FID) 30-90 s, a sampler fit 5-40 s; MNIST's 11 rows about two hours in all, the same
+again for Fashion-MNIST. --rows, --samplers and --datasets run parts of it; every invocation
+resumes the last.
 """
 
 from __future__ import annotations

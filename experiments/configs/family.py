@@ -10,8 +10,10 @@ transposed convs); latent 16 (the GMM-DAE's own 10); batch 100; Adam 2e-3 with b
 plateaus": here it is multiplied by 0.1 at epochs 50 and 75 (a fixed schedule, so that a
 resumed run follows the same trajectory).
 
-`cpu` (2 cores, about two hours for the whole comparison table): width 16 instead of 128
-(channels 16-32-64-128), 10 epochs, the decay at epochs 6 and 8; everything else as above.
+`cpu`: width 16 instead of 128 (channels 16-32-64-128), 10 epochs, the decay at epochs 6 and 8;
+everything else as above. On 2 shared cores (2026-12-07) one run trains in 2-6 minutes (MaskAAE
+and FlexAE, with 5 critic steps, 17-20), and the comparison table's MNIST half took about two
+hours with its evaluation: the whole table is two such halves, not two hours.
 """
 
 from jaxae import config
