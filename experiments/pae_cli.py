@@ -100,12 +100,17 @@ def start(args, needed=(), hint: str = "") -> Session:
     runs = runs_root(args, needed, hint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    return Session(runs, out, timed_log())
+
+
+def timed_log() -> callable:
+    """log(message): prints one line, prefixed with the seconds since this call."""
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
-    return Session(runs, out, log)
+    return log
 
 
 def ks(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:

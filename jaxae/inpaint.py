@@ -62,8 +62,8 @@ def _named_mask(name: str, shape, rng) -> tuple[np.ndarray, float]:
     if name == "block_noise":  # the paper's Figure 6 block, rows 8-15, columns 9-20
         mask[8:16, 9:21] = False
         return mask, 0.1
-    if name == "missing95":
-        return rng.random(shape) >= 0.95, 0.0
+    if name == "missing95":  # whole pixels: every channel of a hidden pixel is hidden
+        return np.repeat(rng.random((h, w, 1)) >= 0.95, shape[2], axis=2), 0.0
     if name == "noise05":
         return mask, 0.5
     raise ValueError(f"unknown corruption {name!r}: choose one of {CORRUPTIONS} or pass a mask")
@@ -72,29 +72,37 @@ def _named_mask(name: str, shape, rng) -> tuple[np.ndarray, float]:
 CORRUPTIONS = ("left_half", "block_noise", "missing95", "noise05")
 
 
+def _per_channel(a: np.ndarray, shape, name: str) -> np.ndarray:
+    """[H, W, C], or [H, W] repeated over the C channels (a pixel of an RGB image is hidden
+    or noisy in all its channels)."""
+    if a.shape == shape[:2]:
+        a = np.repeat(a[..., None], shape[2], axis=2)
+    if a.shape != shape:
+        raise ValueError(f"{name} of shape {a.shape} for images of shape {shape}: give "
+                         f"[H, W, C] = {list(shape)} or [H, W] = {list(shape[:2])}")  # fmt: skip
+    return a
+
+
 def corruption(kind, image_shape, *, noise=None, seed: int = 0) -> Corruption:
     """A checked `Corruption`: `kind` is a name of `CORRUPTIONS` (the paper's Figure 6: the
     left half masked; a block [8:16, 9:21] masked plus noise 0.1; 95% of pixels missing at
     random, drawn with `seed`; Gaussian noise 0.5 everywhere) or a mask (True/1 = observed) of
-    the image's shape. `noise` (a scalar or a per-pixel array) replaces the named noise level.
+    the image's shape [H, W, C], or [H, W] for every channel of a pixel alike. `noise` (a scalar,
+    or a per-pixel array [H, W, C] or [H, W]) replaces the named noise level.
     """
     shape = tuple(image_shape)
     if isinstance(kind, str):
         mask, level = _named_mask(kind, shape, np.random.default_rng(seed))
     else:
-        mask, level = np.asarray(kind), 0.0
-        if mask.shape == shape[:2] and shape[2] == 1:
-            mask = mask[..., None]
-        if mask.shape != shape:
-            raise ValueError(f"mask of shape {mask.shape} for images of shape {shape}")
+        mask, level = _per_channel(np.asarray(kind), shape, "mask"), 0.0
         if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
             raise ValueError("mask values must be booleans or 0/1 (1: observed)")
         mask = mask.astype(bool)
     if not mask.any():
         raise ValueError("the mask observes no pixel: nothing to condition on")
     noise = np.asarray(level if noise is None else noise, np.float64)
-    if noise.ndim and noise.shape != shape:
-        raise ValueError(f"noise map of shape {noise.shape} for images of shape {shape}")
+    if noise.ndim:
+        noise = _per_channel(noise, shape, "noise map")
     if np.isnan(noise).any() or (noise < 0).any():
         raise ValueError("noise std must be >= 0 and not NaN")
     return Corruption(mask, np.broadcast_to(noise, shape).astype(np.float32))

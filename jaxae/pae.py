@@ -360,8 +360,9 @@ def interpolate(model: models.PAE, a, b, *, scale: str | None = None,
 
 def write_figures(model: models.PAE, images, folder, *, scale: str | None = None,
                   seed: int = 0) -> list[Path]:  # fmt: skip
-    """``samples.png`` (40 samples, Eq. 6) and ``interpolations.png`` (8 rows: the straight
-    line in u between images[i] and images[8 + i], 10 steps; needs 16 images) in `folder`."""
+    """``samples.png`` (40 samples, Eq. 6) and ``interpolations.png`` (the straight line in u
+    between images[i] and images[m + i], 10 steps, for m = min(8, len(images) // 2) rows: 8 for
+    16 images; none for a single image) in `folder`. Images [B, H, W, C], grey or colour."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     s = sample(model, jax.random.PRNGKey(seed), 40, scale=scale)
@@ -372,10 +373,13 @@ def write_figures(model: models.PAE, images, folder, *, scale: str | None = None
             title="40 PAE samples, x = g(b^-1(u)), u ~ N(0, I) (Eq. 6)",
         )
     ]
-    path = interpolate(model, images[:8], images[8:16], scale=scale, steps=10)
+    m = min(8, len(images) // 2)  # a small test split (a folder of your own) gives fewer rows
+    if m == 0:
+        return paths
+    path = interpolate(model, images[:m], images[m : 2 * m], scale=scale, steps=10)
     paths.append(plots.image_grid(
         list(path), folder / "interpolations.png",
-        row_labels=[f"images {i}, {8 + i}" for i in range(len(path))],
+        row_labels=[f"images {i}, {m + i}" for i in range(len(path))],
         col_labels=[f"{t:.2g}" for t in np.linspace(0.0, 1.0, path.shape[1])],
         title="decoded straight lines in the flow's u: (1 - t) u_a + t u_b, t above",
     ))  # fmt: skip

@@ -63,28 +63,33 @@ def test_flow_fields_do_not_block_resuming_the_autoencoder():
 
 
 def test_extra_outlier_files(tmp_path):
+    """--extra takes any source, made the Fashion-MNIST images' shape (28 x 28 grey)."""
     good = tmp_path / "good.npz"
     np.savez(good, images=np.zeros((3, 28, 28), np.uint8))
-    name, images = pae_ood.load_extra(f"mine={good}")
+    name, images = pae_ood.load_outlier(f"mine={good}", (28, 28, 1))
     assert name == "mine" and images.shape == (3, 28, 28, 1)
+    rgb = tmp_path / "rgb.npz"  # 32 x 32 colour floats in [0, 1]: resized and made grey
+    np.savez(rgb, images=np.full((2, 32, 32, 3), 0.5, np.float32))
+    name, images = pae_ood.load_outlier(str(rgb), (28, 28, 1))
+    assert name == "rgb" and images.shape == (2, 28, 28, 1)
+    np.testing.assert_allclose(images, 0.5, atol=1e-6)
     cases = {
         "noimages.npz": ({"pixels": np.zeros((3, 28, 28), np.uint8)}, "no array 'images'"),
-        "float.npz": ({"images": np.zeros((3, 28, 28), np.float32)}, "uint8"),
-        "shape.npz": ({"images": np.zeros((3, 32, 32), np.uint8)}, r"\[N, 28, 28"),
+        "f255.npz": ({"images": np.full((3, 28, 28), 9.0, np.float32)}, "divide them by 255"),
         "empty.npz": ({"images": np.zeros((0, 28, 28), np.uint8)}, "empty"),
     }
     for fname, (arrays, message) in cases.items():
         np.savez(tmp_path / fname, **arrays)
-        with pytest.raises(ValueError, match=message):
-            pae_ood.load_extra(f"x={tmp_path / fname}")
-    with pytest.raises(FileNotFoundError, match="no file"):
-        pae_ood.load_extra(f"x={tmp_path / 'missing.npz'}")
-    with pytest.raises(ValueError, match="NAME=PATH"):
-        pae_ood.load_extra(str(good))
+        with pytest.raises(ValueError, match=f"--outlier x: .*{message}"):
+            pae_ood.load_outlier(f"x={tmp_path / fname}", (28, 28, 1))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        pae_ood.load_outlier(f"x={tmp_path / 'missing.npz'}", (28, 28, 1))
+    with pytest.raises(ValueError, match="NAME=SOURCE"):
+        pae_ood.load_outlier(f"a/b={good}", (28, 28, 1))
     obj = tmp_path / "obj.npz"
     np.savez(obj, images=np.array([None, 1], dtype=object))
     with pytest.raises(ValueError, match="pickle"):  # user files are data, never code
-        pae_ood.load_extra(f"x={obj}")
+        pae_ood.load_outlier(f"x={obj}", (28, 28, 1))
 
 
 def test_read_npz_refuses_pickles_and_names_the_file(tmp_path):
@@ -112,8 +117,8 @@ def test_read_npz_refuses_pickles_and_names_the_file(tmp_path):
             jdata.read_npz(path, "--extra x")
     with pytest.raises(FileNotFoundError, match=f"--extra x: no file {tmp_path / 'absent.npz'}"):
         jdata.read_npz(tmp_path / "absent.npz", "--extra x")
-    with pytest.raises(ValueError, match=f"--extra x: {obj} .*never code"):  # the script's way
-        pae_ood.load_extra(f"x={obj}")
+    with pytest.raises(ValueError, match=f"--outlier x: {obj}: .*never code"):  # the script's
+        pae_ood.load_outlier(f"x={obj}", (28, 28, 1))
 
 
 def test_fpr_ratio_at_5_percent_false_negatives():
