@@ -47,10 +47,13 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     workdir = Path(workdir)
     mesh = parallel.data_mesh()
 
-    # --- Input: any source `data.dataset` names (a built-in name, tfds:NAME, an .npz file, an
-    # image folder), in host memory; the model takes its images' shape (below).
+    # --- Input: any source `data.dataset` names (a built-in name, tfds:NAME, an .npz file of
+    # images or of vectors, an image folder), in host memory; the model takes its images' shape
+    # (below). Vectors come standardized (`jaxae.data.Standardization`).
     ds = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir)
-    pre = jdata.Preprocess(scale=dc.scale, dequantize=dc.dequantize)
+    jconfig.check_data(config, ds)
+    vectors = ds.standardization is not None
+    pre = jdata.Preprocess(scale=dc.scale, dequantize=dc.dequantize, binarize=dc.binarize)
     eval_pre = jdata.Preprocess(scale=dc.scale)
     held_out = ds.val if ds.val is not None else ds.test
 
@@ -118,8 +121,9 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     x = eval_pre(jnp.asarray(ds.test.images[:16]))
     recon = np.clip(trained.point(trained.decode(trained.encode(x)), jax.random.PRNGKey(0))[0]
                     + offset, 0, 1)  # fmt: skip
-    png = plots.image_grid([x + offset, recon], workdir / "reconstructions.png",
-                           row_labels=["test images", "reconstructions"])  # fmt: skip
+    png = None if vectors else plots.image_grid(
+        [x + offset, recon], workdir / "reconstructions.png",
+        row_labels=["test images", "reconstructions"])  # fmt: skip
     history = result.history
     summary = {
         "model": model.spec,
@@ -132,15 +136,19 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         "fit_seconds": seconds,
         "examples_per_s_last": history[-1]["examples_per_s"] if history else None,
         "data_files": list(ds.files),
-        "reconstructions": png.name,
+        "reconstructions": png and png.name,
     }
-    if "mse" in test:
+    if "mse" in test and not vectors:
         summary["test_psnr_db"] = float(10 * np.log10(1.0 / test["mse"]))
+    if vectors:  # the test terms are of the standardized vectors; the data's NLL adds log_det
+        summary["standardization"] = ds.standardization.to_dict()
     if config.flow.epochs:
         summary["flow"] = pae.fit_flow(config, workdir, dataset=ds, mesh=mesh, progress=progress)
         fitted = checkpoint.restore_params(workdir).model
-        pngs = pae.write_figures(fitted, ds.test.images[:16], workdir / "stage2", scale=dc.scale)
-        summary["flow"]["figures"] = [str(p.relative_to(workdir)) for p in pngs]
+        if not vectors:
+            pngs = pae.write_figures(fitted, ds.test.images[:16], workdir / "stage2",
+                                     scale=dc.scale)  # fmt: skip
+            summary["flow"]["figures"] = [str(p.relative_to(workdir)) for p in pngs]
     summary["curves"] = plots.training_curves(workdir).name  # every stage's metrics.jsonl
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

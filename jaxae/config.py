@@ -6,7 +6,8 @@ checkpoints), ``flow`` (the PAE's second stage), and for a model kind with setti
 (`jaxae.models.Model.settings`) a section named after the kind: ``default('wae')`` has
 ``wae.weight``... `default(kind)` gives every field; experiment files under
 `experiments/configs/` override some (``get_config()``), and the command line overrides any
-(``--config.x.y=...``). `validate` raises a ValueError naming the first bad field. Checkpoints
+(``--config.x.y=...``). `validate` raises a ValueError naming the first bad field, and
+`check_data` the first that does not fit the data loaded (a table of vectors). Checkpoints
 save ``to_dict()``; resuming compares every field, the kind's section included, but the budget
 and loop settings in `RESUMABLE`.
 """
@@ -27,6 +28,7 @@ SECTIONS = ("data", "model", "optimizer", "training", "flow")
 # Settings that may change between a run and its resumption: they set the budget and the loop,
 # not the trajectory. Any other difference refuses to resume.
 RESUMABLE = (
+    "data.memory_budget_mb",  # streamed or in-memory, the batches are the same
     "training.epochs",
     "training.max_steps",
     "training.steps_per_call",
@@ -78,8 +80,15 @@ def default(kind: str | None = None) -> ml_collections.ConfigDict:
         channels=0,  # 1 (grey) or 3 (RGB); 0: grey if every image is, else RGB
         scale="unit",  # pixels in [0, 1] ('unit') or [-0.5, 0.5] ('centered')
         dequantize=False,  # (x + u) / 256 with u ~ U[0, 1), as for likelihood models
+        # binary pixels for the Bernoulli head: 1 with probability the grey level, drawn afresh
+        # at every training step; validation and test images drawn once, seeded
+        # (`jaxae.data.Preprocess`, `jaxae.data.binarize_fixed`)
+        binarize=False,
         pad_to_32=False,  # zero-pad 28 x 28 images to 32 x 32
         val_size=0,  # training images held out (seeded) for validation
+        # MiB of device memory the training set may take; above it, batches stream from the
+        # host (`jaxae.stream`); 0: automatic (a quarter of the smallest device's memory)
+        memory_budget_mb=0.0,
     )
     c.model = dict(
         kind="ae",  # `jaxae.models.KINDS`
@@ -324,6 +333,12 @@ def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
     ):  # their densities live on pixels in [0, 1]
         bad("model.head", "a density of pixels in [0, 1]: needs data.scale='unit' and "
             "data.dequantize=False")  # fmt: skip
+    if not isinstance(flat["data.binarize"], bool):
+        bad("data.binarize", "must be True or False")
+    if flat["data.binarize"] and flat["data.dequantize"]:
+        bad("data.binarize", "binary pixels cannot also be dequantized: set data.dequantize=False")
+    if flat["data.binarize"] and flat["model.head"] not in BINARY_HEADS:
+        bad("model.head", _NOT_BINARY.get(flat["model.head"], _NOT_BINARY[None]))
     from jaxae import flows
 
     if flat["flow.kind"] not in ("", *flows.FLOWS):
@@ -344,6 +359,9 @@ def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
             bad(field, "must be a string")
     if not flat["data.dataset"]:
         bad("data.dataset", "must name a data set, a tfds:NAME, an .npz file or an image folder")
+    v = flat["data.memory_budget_mb"]
+    if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < float("inf"):
+        bad("data.memory_budget_mb", "must be a number of MiB >= 0 (0: automatic)")
     v = flat["data.test_fraction"]
     if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < 1:
         bad("data.test_fraction", "must be a number in (0, 1)")
@@ -358,6 +376,43 @@ def validate(config, *, module: str | None = None) -> ml_collections.ConfigDict:
     if not isinstance(flat["model.capacity"], int | float) or not flat["model.capacity"] >= 0:
         bad("model.capacity", "must be a number >= 0")
     return config
+
+
+# The heads data.binarize allows: a probability mass over binary images, or no likelihood.
+BINARY_HEADS = ("bernoulli", "mse")
+_NOT_BINARY = {
+    "continuous_bernoulli": (
+        "a density on [0, 1]: on binary pixels it is unbounded (its density at 0 and 1 grows "
+        "without limit as a logit goes to -inf or +inf); with data.binarize use 'bernoulli'"
+    ),
+    None: (
+        "a density of continuous values: on binary pixels it is no likelihood of binary images "
+        "(and with a learned scale it is unbounded); with data.binarize use 'bernoulli' (a "
+        "probability mass over binary images) or 'mse'"
+    ),
+}
+
+
+def check_data(config, dataset) -> None:
+    """Raise a ValueError naming the first setting of a config that does not fit the data it
+    loaded (`jaxae.data.load_config`; `load` itself refuses its own image options on vectors).
+
+    Vectors (a table [N, D], standardized: ``dataset.standardization``) are not pixels: no
+    data.dequantize or data.scale='centered', and no Bernoulli head (its values lie in [0, 1]).
+    """
+    if dataset.standardization is None:
+        return
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    data, head = d["data"], d["model"]["head"]
+    where = f"data.dataset={data['dataset']!r} holds vectors [N, D], standardized per feature"
+    if data["dequantize"]:
+        raise ValueError(f"config data.dequantize=True: {where}, not 8-bit pixels: set it False")
+    if data["scale"] != "unit":
+        raise ValueError(f"config data.scale={data['scale']!r} is a pixel scale: {where}; leave "
+                         "it 'unit'")  # fmt: skip
+    if head in heads.BERNOULLI_HEADS:
+        raise ValueError(f"config model.head={head!r} models values in [0, 1]: {where}; use a "
+                         "normal_* or t_* head, or 'mse'")  # fmt: skip
 
 
 def _is_int(v) -> bool:

@@ -18,9 +18,19 @@ files, flat or one subfolder per class. Each is brought to one size and channel 
 (`conform`: PIL's BILINEAR resizing, antialiased when shrinking), with a test split of its own
 or a seeded fraction of its images.
 
+Tabular data: an ``.npz`` whose ``images`` is a float array [N, D] (the one rule: rank 2 means
+vectors, one example a row; `check_vectors`). Vectors are not pixels: no division by 255 and no
+dequantization; every split is standardized per feature with the training split's mean and
+standard deviation (`Standardization`, recomputed from that split wherever the run's data are
+loaded), and a density fitted to the standardized vectors is turned into one of the data by
+its log-Jacobian (`Standardization.log_det`).
+
 Preprocessing: pixels scaled to [0, 1] (or centred to [-0.5, 0.5]) and, for likelihood models,
 uniform dequantization ``(x + u) / 256``, ``u ~ U[0, 1)`` (Theis et al. 2016, Sec. 3.1; Dinh
-et al. 2017 "Real NVP", Sec. 4.1); zero padding of 28x28 images to 32x32; a seeded held-out
+et al. 2017 "Real NVP", Sec. 4.1), or for Bernoulli likelihoods binarization: each pixel 1 with
+probability its grey level, drawn afresh at every training step (dynamic binarization,
+Salakhutdinov & Murray 2008; Burda et al. 2016), the validation and test images drawn once with
+a fixed seed (`binarize_fixed`); zero padding of 28x28 images to 32x32; a seeded held-out
 validation split of the training set.
 
 Where the files are is resolved by ``load_raw``: ``data_dir`` or ``$JAXAE_DATA_DIR`` if given (and
@@ -79,7 +89,9 @@ class DatasetNotFoundError(FileNotFoundError):
 class Split(NamedTuple):
     """One split of a data set: `images` [N, H, W, C], `labels` [N] and the `files` read."""
 
-    images: np.ndarray  # [N, H, W, C] uint8 (float32 in [0, 1] only for user data)
+    # [N, H, W, C] uint8 (float32 in [0, 1] only for user data); vectors: [N, D] float32,
+    # standardized (`Dataset.standardization`)
+    images: np.ndarray
     labels: np.ndarray  # [N] int32
     # Where the arrays came from, so that a run can record it: the absolute paths of the files
     # read (of an image folder: the folder's), or ("tensorflow-datasets:<name>/<split>",) when
@@ -96,6 +108,8 @@ class Dataset(NamedTuple):
     test: Split
     # The class names of a folder of class subfolders: label i is classes[i]; () otherwise.
     classes: tuple[str, ...] = ()
+    # Vectors [N, D]: the map from the data to the splits' values; None for images.
+    standardization: "Standardization | None" = None
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -157,15 +171,19 @@ def check_images(images, name: str = "images", shape=None) -> np.ndarray:
         integer type with values in [0, 255].
       name: what the images are, used in error messages.
       shape: (H, W, C), the shape a model takes (`Model.image_shape`), checked first by
-        `check_image_shape`; None: any.
+        `check_image_shape`; None: any. A model of vectors, shape (D,), takes float vectors
+        [N, D] of any values instead (`check_vectors`).
 
     Returns:
-      [N, H, W, C] array: uint8 for integer input, float32 for floating input.
+      [N, H, W, C] array: uint8 for integer input, float32 for floating input (vectors: float32
+      [N, D]).
 
     Raises:
       TypeError: for bool, complex, string, object or other non-numeric dtypes.
       ValueError: wrong rank or shape, empty data set, NaN/inf pixels or pixels out of range.
     """
+    if shape is not None and len(shape) == 1:
+        return check_vectors(images, name, dim=shape[0]).astype(np.float32, copy=False)
     x = np.asarray(images)
     if x.dtype.kind not in "uif":
         raise TypeError(
@@ -224,6 +242,115 @@ def _check_layout(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+VECTORS_RULE = "vectors are a float array [N, D], one example a row"
+
+
+def check_vectors(x, name: str = "vectors", dim: int | None = None) -> np.ndarray:
+    """Validates a table of vectors (tabular data).
+
+    Args:
+      x: [N, D] floating array.
+      name: what the vectors are, used in error messages.
+      dim: D, the length a model takes; None: any.
+
+    Returns:
+      the array, unchanged (the caller casts, after standardizing in its own precision).
+
+    Raises:
+      ValueError: not 2-D (a 1-D array: how to make it one feature), not floating (integers and
+        bools: cast them; flattened images: reshape them), another D, no rows or columns, NaN or
+        inf values (their counts, the rows holding them and the first of those).
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        fix = ("; for N examples of one feature pass x[:, None]" if x.ndim == 1 else
+               "; images are [N, H, W(, C)]" if x.ndim > 2 else "")  # fmt: skip
+        raise ValueError(f"{name}: an array of shape {list(x.shape)}, but {VECTORS_RULE}{fix}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name}: dtype {x.dtype}, but {VECTORS_RULE}: cast the table with "
+                         "x.astype(np.float32); if these are flattened images, reshape them to "
+                         "[N, H, W, C] instead")  # fmt: skip
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name}: vectors of length {x.shape[1]}, but the model takes length "
+                         f"{dim}")  # fmt: skip
+    if 0 in x.shape:
+        raise ValueError(f"{name}: an empty table of shape {list(x.shape)}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        first, col = rows[0], np.flatnonzero(bad[rows[0]])[0]
+        n_nan = int(np.isnan(x).sum())
+        raise ValueError(
+            f"{name}: {n_nan} NaN and {int(bad.sum()) - n_nan} inf values in {len(rows)} of "
+            f"{len(x)} rows, the first in row {first} (column {col}): drop or impute those rows"
+        )
+    return x
+
+
+class Standardization(NamedTuple):
+    """Per-feature standardization of vectors, z = (x - mean) / std, with the mean and standard
+    deviation (ddof 0) of the training split.
+
+    Tabular features come in any units and ranges; a net and a Normal or Student-t head fit them
+    at zero mean and unit variance. A density p_z of z is one of the data x by the change of
+    variables p_x(x) = p_z(z) / prod_j std_j, so -log p_x(x) = -log p_z(z) + `log_det`.
+    """
+
+    mean: np.ndarray  # [D] float64
+    std: np.ndarray  # [D] float64
+
+    @classmethod
+    def fit(cls, x, name: str = "vectors") -> "Standardization":
+        """The statistics of a training split x [N, D].
+
+        Raises:
+          ValueError: a column that is constant on the split (no scale to divide by, and no
+            density of the data along it), naming the columns.
+        """
+        x = np.asarray(x, np.float64)
+        constant = np.flatnonzero(x.max(axis=0) == x.min(axis=0))
+        if len(constant):
+            shown = ", ".join(map(str, constant[:10])) + (", ..." if len(constant) > 10 else "")
+            raise ValueError(
+                f"{name}: {len(constant)} of {x.shape[1]} columns are constant on the training "
+                f"split (columns {shown}), so they cannot be standardized and have no density: "
+                "drop them"
+            )
+        return cls(x.mean(axis=0), x.std(axis=0))
+
+    def apply(self, x) -> np.ndarray:
+        """Data [N, D] -> standardized float32 [N, D] (computed in float64)."""
+        return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def invert(self, z) -> np.ndarray:
+        """Standardized values [N, D] -> the data's units, float64 [N, D]."""
+        return np.asarray(z, np.float64) * self.std + self.mean
+
+    @property
+    def log_det(self) -> float:
+        """sum_j log std_j: the nats per example that turn an NLL of the standardized vectors
+        into one of the data."""
+        return float(np.sum(np.log(self.std)))
+
+    def to_dict(self) -> dict:
+        """The statistics, as a run's summary records them."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "log_det": self.log_det,
+                "note": "the model sees z = (x - mean) / std; an NLL of z in nats plus log_det "
+                        "is the NLL of x"}  # fmt: skip
+
+
+def _labels(labels, n: int, name: str, unit: str = "images") -> np.ndarray:
+    """[N] int32 labels of n `unit` (-1 for unlabelled data: `labels` None)."""
+    if labels is None:
+        return np.full((n,), -1, np.int32)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name}: labels have shape {labels.shape} but there are {n} {unit}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int32)
+
+
 def from_arrays(images, labels=None, name: str = "custom") -> Split:
     """Wraps user data as a ``Split`` after ``check_images``.
 
@@ -236,15 +363,7 @@ def from_arrays(images, labels=None, name: str = "custom") -> Split:
       Split with images [N, H, W, C] (uint8, or float32 for float input) and labels [N] int32.
     """
     images = check_images(images, name)
-    n = images.shape[0]
-    if labels is None:
-        return Split(images, np.full((n,), -1, np.int32))
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name}: labels have shape {labels.shape} but there are {n} images")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{name}: labels must be integers, got dtype {labels.dtype}")
-    return Split(images, labels.astype(np.int32))
+    return Split(images, _labels(labels, images.shape[0], name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -623,17 +742,24 @@ def parse_source(text: str) -> Source:
 
 
 class _Images(NamedTuple):
-    """Images as read from one source, before `conform` brings them to one shape."""
+    """Images as read from one source, before `conform` brings them to one shape; or a table of
+    vectors (`is_vectors`), which is never conformed."""
 
-    images: list  # [H, W, C] arrays, uint8 (float32 in [0, 1] from a float .npz)
+    # [H, W, C] arrays, uint8 (float32 in [0, 1] from a float .npz); vectors: one [N, D] array
+    images: list | np.ndarray
     labels: np.ndarray  # [N] int32, -1 for unlabelled
     files: tuple[str, ...]  # absolute paths read (`Split.files`)
-    names: list[str]  # each image's file, or file[index], for messages
+    names: list[str]  # each image's file, or file[index], for messages; [] for vectors
     classes: tuple[str, ...] = ()  # a folder's class names: label i is classes[i]
 
+    @property
+    def is_vectors(self) -> bool:
+        return isinstance(self.images, np.ndarray) and self.images.ndim == 2
+
     def take(self, idx) -> "_Images":
-        return self._replace(images=[self.images[i] for i in idx], labels=self.labels[idx],
-                             names=[self.names[i] for i in idx])  # fmt: skip
+        images = self.images[idx] if self.is_vectors else [self.images[i] for i in idx]
+        return self._replace(images=images, labels=self.labels[idx],
+                             names=[self.names[i] for i in idx] if self.names else [])  # fmt: skip
 
 
 def _as_images(split: Split, where: str) -> _Images:
@@ -648,12 +774,19 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def _read_npz_images(path: Path, what: str) -> _Images:
-    """``images`` [N, H, W(, C)] and optional ``labels`` [N] of an .npz file (`read_npz`)."""
+    """``images`` [N, H, W(, C)] (or float vectors [N, D], `check_vectors`: an array of rank 2
+    or less is read as vectors) and optional ``labels`` [N] of an .npz file (`read_npz`)."""
     arrays = read_npz(_existing(path, what), what)
     if "images" not in arrays:
         raise ValueError(f"{what}: {path} has no array 'images' (it has {sorted(arrays)}); save "
-                         "it as np.savez(path, images=uint8_nhwc, labels=ints)")  # fmt: skip
-    split = from_arrays(arrays["images"], arrays.get("labels"), name=f"{what} ({path})")
+                         "it as np.savez(path, images=uint8_nhwc, labels=ints), or for tabular "
+                         "data np.savez(path, images=float_vectors_nd)")  # fmt: skip
+    where, x = f"{what} ({path})", arrays["images"]
+    if x.ndim <= 2:
+        x = check_vectors(x, f"{where}: 'images'")
+        labels = _labels(arrays.get("labels"), len(x), where, "rows")
+        return _Images(x, labels, (os.path.abspath(path),), [])
+    split = from_arrays(x, arrays.get("labels"), name=where)
     return _as_images(split._replace(files=(os.path.abspath(path),)), str(path))
 
 
@@ -905,32 +1038,67 @@ def pad32(images: np.ndarray) -> np.ndarray:
     return np.pad(images, pad)
 
 
+# Seeds the one binarization of validation and test images (`binarize_fixed`); not
+# `training.seed`, so that every run is scored on the same binary images.
+BINARIZE_SEED = 0
+
+
+def binarize_fixed(images: np.ndarray, seed: int = BINARIZE_SEED) -> np.ndarray:
+    """Binary images, each pixel 1 with probability its grey level (x / 255 for uint8): one seeded
+    Bernoulli draw, the evaluation counterpart of `Preprocess(binarize=True)`'s fresh draw per
+    training step.
+
+    Args:
+      images: [N, H, W, C] uint8, or floats in [0, 1].
+      seed: seeds the draw.
+
+    Returns:
+      the same shape and dtype: uint8 in {0, 255} (so that `Preprocess` makes them {0, 1}), or
+      floats in {0, 1}.
+    """
+    unit = images / 255.0 if images.dtype == np.uint8 else images
+    on = np.random.default_rng(seed).random(images.shape) < unit
+    return (on * 255).astype(np.uint8) if images.dtype == np.uint8 else on.astype(images.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Pixels -> float32 model inputs; pure and jittable, hashable so it can be static to jit.
+
+    Float vectors (standardized tables, `Standardization`) pass as they are with the defaults.
 
     Attributes:
       scale: 'unit' for [0, 1], 'centered' for [-0.5, 0.5] (the unit range minus 0.5).
       dequantize: add uniform noise: uint8 ``x`` becomes ``(x + u) / 256``, ``u ~ U[0, 1)``, and
         float ``x`` (already in [0, 1]) becomes ``x + u / 256``. Without it uint8 is ``x / 255``.
+      binarize: each pixel becomes 1 with probability its grey level in [0, 1], else 0, drawn
+        afresh at every call with `key` (dynamic binarization: Salakhutdinov & Murray 2008; Burda
+        et al. 2016); binary images stay as they are. Not with `dequantize`.
     """
 
     scale: str = "unit"
     dequantize: bool = False
+    binarize: bool = False
 
     def __post_init__(self):
         if self.scale not in ("unit", "centered"):
             raise ValueError(f"Preprocess.scale must be 'unit' or 'centered', got {self.scale!r}")
-        if not isinstance(self.dequantize, bool):
-            raise ValueError(f"Preprocess.dequantize must be a bool, got {self.dequantize!r}")
+        for name in ("dequantize", "binarize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Preprocess.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.dequantize and self.binarize:
+            raise ValueError("Preprocess: dequantize and binarize exclude each other (noise in "
+                             "each 1/256 bin, or binary pixels): choose one")  # fmt: skip
 
     def __call__(self, images, key=None) -> jax.Array:
-        """Args: images [B, H, W, C] uint8 or float in [0, 1]; key, needed to dequantize.
+        """Args: images [B, H, W, C] uint8 or float in [0, 1]; key, needed to dequantize or
+        binarize.
 
         Returns: [B, H, W, C] float32.
         """
-        if self.dequantize and key is None:
-            raise ValueError("Preprocess(dequantize=True) needs a PRNG key")
+        for name in ("dequantize", "binarize"):
+            if getattr(self, name) and key is None:
+                raise ValueError(f"Preprocess({name}=True) needs a PRNG key")
         images = jnp.asarray(images)
         x = images.astype(jnp.float32)
         if self.dequantize:
@@ -938,6 +1106,8 @@ class Preprocess:
             x = (x + u) / 256 if images.dtype == jnp.uint8 else x + u / 256
         elif images.dtype == jnp.uint8:
             x = x / 255
+        if self.binarize:  # u < x has probability x, for u ~ U[0, 1)
+            x = (jax.random.uniform(key, x.shape, jnp.float32) < x).astype(jnp.float32)
         return x - self.offset if self.offset else x
 
     @property
@@ -979,6 +1149,7 @@ def load(
     test_fraction: float = 0.1,
     image_size: int = 0,
     channels: int = 0,
+    binarize: bool = False,
 ) -> Dataset:
     """Loads a data set with labels, as host NumPy arrays.
 
@@ -986,9 +1157,10 @@ def load(
       name: what ``data.dataset`` names (`parse_source`): 'fashion_mnist', 'mnist' or
         'omniglot'; ``tfds:NAME[/CONFIG]``, a data set tensorflow-datasets has prepared (read
         without downloading); a path to an ``.npz`` file of ``images`` [N, H, W(, C)] (uint8, or
-        floats in [0, 1]) and optional ``labels`` [N] (read without pickle, `read_npz`); or a
-        path to a folder of PNG/JPEG files, flat (unlabelled: -1) or with one subfolder per
-        class (label: the subfolder's index in sorted order; `Dataset.classes`).
+        floats in [0, 1]) or float vectors [N, D] (tabular data, `check_vectors`), and optional
+        ``labels`` [N] (read without pickle, `read_npz`); or a path to a folder of PNG/JPEG
+        files, flat (unlabelled: -1) or with one subfolder per class (label: the subfolder's
+        index in sorted order; `Dataset.classes`).
       data_dir: for a built-in name, where the files are (see ``load_raw`` for the search
         order; a folder given here or in ``$JAXAE_DATA_DIR`` must hold them); for ``tfds:``,
         the data folder of tensorflow-datasets (None: its default). Other sources ignore it.
@@ -1005,12 +1177,20 @@ def load(
       image_size: resize every image to this square size (PIL's BILINEAR, antialiased when
         shrinking, `conform`); 0: keep the images' size, which must then be the same for all.
       channels: 1 (grey) or 3 (RGB); 0: grey if every image has one channel, else RGB.
+      binarize: the validation and test images binarized once (`binarize_fixed`); the
+        training images stay grey, for `Preprocess(binarize=True)` to draw at every step.
 
     Returns:
-      Dataset(name, train, val, test, classes); each Split has images [N, H, W, C] (uint8, or
-      float32 from a float .npz), labels [N] int32 and the ``files`` it was read from (val:
-      those of train; a folder records its own path); val is None when val_size is 0.
-      ``Dataset.files`` lists all of them, to record in the run.
+      Dataset(name, train, val, test, classes, standardization); each Split has images
+      [N, H, W, C] (uint8, or float32 from a float .npz), labels [N] int32 and the ``files`` it
+      was read from (val: those of train; a folder records its own path); val is None when
+      val_size is 0. ``Dataset.files`` lists all of them, to record in the run. Vectors: each
+      split's images are [N, D] float32, standardized with the training split's statistics
+      (after the validation split is held out), which ``standardization`` holds.
+
+    Raises:
+      ValueError: for vectors, an image option (image_size, channels, pad_to_32, transform,
+        binarize), a test set of images (or of vectors of another length) or a constant column.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -1021,6 +1201,10 @@ def load(
     else:
         raw = _read_source(source, test, test_fraction, data_dir)
     raw_train, raw_test = raw
+    if raw_train.is_vectors or raw_test.is_vectors:
+        options = dict(image_size=image_size, channels=channels, pad_to_32=pad_to_32,
+                       transform=transform, binarize=binarize)  # fmt: skip
+        return _vector_dataset(name, raw_train, raw_test, val_size, seed, options)
     # One size and channel count for both splits: the model takes the test images too.
     n = len(raw_train.images)
     both = conform(raw_train.images + raw_test.images, raw_train.names + raw_test.names,
@@ -1029,15 +1213,48 @@ def load(
     test_split = Split(both[n:], raw_test.labels, raw_test.files)
     train, val = _split_val(train, val_size, seed)
 
-    def finish(split):
+    def finish(split, held=True):  # held: a validation or test split, binarized once
         if split is None:
             return None
         images = split.images
         if transform is not None:
             images = np.ascontiguousarray({"hflip": hflip, "vflip": vflip}[transform](images))
-        return split._replace(images=pad32(images) if pad_to_32 else images)
+        images = pad32(images) if pad_to_32 else images
+        return split._replace(images=binarize_fixed(images) if binarize and held else images)
 
-    return Dataset(name, finish(train), finish(val), finish(test_split), raw_train.classes)
+    return Dataset(name, finish(train, held=False), finish(val), finish(test_split),
+                   raw_train.classes)  # fmt: skip
+
+
+def _vector_dataset(name, raw_train: _Images, raw_test: _Images, val_size: int, seed: int,
+                    options: dict) -> Dataset:  # fmt: skip
+    """`load`'s splits of a table of vectors: standardized by the training split's statistics.
+    `options`: `load`'s image options, refused unless at their defaults."""
+    given = [f"{k}={v!r}" for k, v in options.items() if v]
+    if given:
+        raise ValueError(f"data.dataset={name!r} holds vectors [N, D], not images: "
+                         f"{', '.join(given)} only apply to images; leave "
+                         f"{'it' if len(given) == 1 else 'them'} at the default")  # fmt: skip
+    if not raw_test.is_vectors or not raw_train.is_vectors:
+        kinds = ["vectors" if r.is_vectors else "images" for r in (raw_train, raw_test)]
+        raise ValueError(f"data.dataset={name!r}: the training data are {kinds[0]} but the test "
+                         f"data are {kinds[1]}: both must be vectors [N, D] of one length, or "
+                         "both images")  # fmt: skip
+    d_train, d_test = raw_train.images.shape[1], raw_test.images.shape[1]
+    if d_train != d_test:
+        raise ValueError(f"data.dataset={name!r}: training vectors of length {d_train} but test "
+                         f"vectors of length {d_test} ({raw_test.files[0]})")  # fmt: skip
+    train = Split(raw_train.images, raw_train.labels, raw_train.files)
+    train, val = _split_val(train, val_size, seed)
+    standardization = Standardization.fit(train.images, f"data.dataset={name!r}")
+
+    def finish(split):
+        return None if split is None else split._replace(
+            images=standardization.apply(split.images))  # fmt: skip
+
+    test = Split(raw_test.images, raw_test.labels, raw_test.files)
+    return Dataset(name, finish(train), finish(val), finish(test),
+                   standardization=standardization)  # fmt: skip
 
 
 def load_config(data, *, seed: int = 0, data_dir=None) -> Dataset:
@@ -1052,4 +1269,4 @@ def load_config(data, *, seed: int = 0, data_dir=None) -> Dataset:
     return load(data["dataset"], data_dir=data_dir, val_size=data["val_size"],
                 pad_to_32=data["pad_to_32"], seed=seed, test=data["test"],
                 test_fraction=data["test_fraction"], image_size=data["image_size"],
-                channels=data["channels"])  # fmt: skip
+                channels=data["channels"], binarize=data.get("binarize", False))  # fmt: skip

@@ -10,13 +10,21 @@ dataset (a run trained on arrays of your own, whose config names the default dat
 refused: `TrainingDataError`), and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
 - reconstruction: per-pixel MSE and PSNR of the clipped reconstructions, and their FID, KID and
   precision/recall against the test images ("reconstruction FID");
-- likelihood, where the model has one: test NLL in nats per image and bits per dimension;
+- likelihood, where the model has one: test NLL in nats per image and bits per dimension, with
+  the convention it is in (`likelihood_convention`: a density over x / 255, or for the Bernoulli
+  head on binarized images a probability mass, a discrete NLL);
 - samples, for each sampler the model supports: FID, KID, precision/recall. Latent-code models
   (the MLP autoencoders, the VAE) have `prior` (decode z ~ N(0, I), the VAE's own sampler) and
   `gaussian` (decode codes from a full-covariance Gaussian fitted ex post to the training codes,
   the simplest of the regularized-AE family's ex-post densities); a PAE run (the last stage of
   its folder, `checkpoint.restore_params`) also has `flow`, its fitted latent flow (Eq. 6). The
   VPAE's CNN has no code, so it has no sampler.
+
+A run on vectors (a table [N, D], `jaxae.data.Standardization`) is scored on its test rows (the
+first `num_samples`): reconstruction MSE of the standardized features, and the NLL in nats per
+example of the data in its own units (the model's NLL of the standardized vectors plus the
+log-Jacobian); the image metrics (PSNR, FID, KID, precision/recall, samples) are skipped, saying
+so in ``skipped``.
 
 The protocol (`jaxae.metrics.PROTOCOL`): 10,000 generated samples against the 10,000 test
 images, pixels in [0, 1] before the Inception transform. `--quick` (or other counts) is allowed
@@ -143,13 +151,19 @@ restore = checkpoint.restore_params  # the model of a run folder, however it was
 
 
 class Functions(NamedTuple):
-    """Jitted functions of a restored model on images in [0, 1] (uint8 is divided by 255)."""
+    """Jitted functions of a restored model on images in [0, 1] (uint8 is divided by 255), or
+    of a model of vectors on standardized vectors [B, D] (`is_vectors`; nothing clipped)."""
 
     reconstruct: callable  # x [B, H, W, C] -> recon in [0, 1]
     nll: callable | None  # x -> nats per image [B] (the VAE: negative ELBO); None: no density
     encode: callable | None  # x -> codes [B, d]; None: the code is not a vector (the VPAE CNN)
     decode: callable | None  # z [B, d] -> images in [0, 1]
     latent_dim: int | None
+
+
+def is_vectors(model) -> bool:
+    """Whether a model takes vectors [B, D] (image shape (D,)), not images."""
+    return len(model.image_shape) == 1
 
 
 def functions(restored: checkpoint.Restored) -> Functions:
@@ -159,9 +173,10 @@ def functions(restored: checkpoint.Restored) -> Functions:
     key = jax.random.PRNGKey(0)
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
     log_prob = objectives.log_prob_fn(graphdef)
+    lo, hi = (-jnp.inf, jnp.inf) if is_vectors(model) else (0.0, 1.0)  # pixels are clipped
 
     def decode(z):
-        return jnp.clip(model.point(model.decode(z), key)[0] + offset, 0.0, 1.0)
+        return jnp.clip(model.point(model.decode(z), key)[0] + offset, lo, hi)
 
     def encode(x):
         return model.encode(x - offset)
@@ -180,24 +195,36 @@ def functions(restored: checkpoint.Restored) -> Functions:
     )
 
 
-def log_prob(model, images, *, scale: str | None = None, batch_size: int = 500, mesh=None):
+def log_prob(model, images, *, scale: str | None = None, batch_size: int = 500, mesh=None,
+             standardization: jdata.Standardization | None = None):  # fmt: skip
     """log p(x) in nats of every image under a model (the VAE: its ELBO): float64 [N].
 
     Jitted and batched over the devices (`parallel.map_batches`); the scoring call of research
     code and of likelihood baselines. `images`: uint8 [N, H, W, C] (divided by 255) or floats in
     [0, 1], shifted to the model's own pixel scale (`Model.scale`: 'centered' by -0.5);
     `scale`: None, or that same scale (`Model.check_scale`).
+
+    A model of vectors takes float vectors [N, D] in the data's own units and the
+    `standardization` of its training split (``jdata.load_config(config.data, ...)
+    .standardization``): log p(x) of the data, the model's log-density of the standardized
+    vectors minus `Standardization.log_det`.
     """
     offset = model.check_scale(scale).offset
     x = jdata.check_images(images, "images", shape=model.image_shape)
-    x = _unit(x) if x.dtype == np.uint8 else x
+    if is_vectors(model):
+        if standardization is None:
+            raise ValueError("log_prob of a model of vectors needs the standardization of its "
+                             "training split: pass standardization=jaxae.data.load_config("
+                             "config.data, seed=config.training.seed).standardization")  # fmt: skip
+        x = standardization.apply(x)
+    x = _unit(x)
     if not model.has_density:
         raise ValueError(f"the {model.head.name!r} likelihood is not a density: no log p(x)")
     graphdef, params, state = nnx.split(model, nnx.Param, ...)
     fn = objectives.log_prob_fn(graphdef)
     out = _batched(lambda b: fn(params, state, {"image": b - offset})["log_prob"], x, batch_size,
-                   mesh)  # fmt: skip
-    return out.astype(np.float64)
+                   mesh).astype(np.float64)  # fmt: skip
+    return out if standardization is None else out - standardization.log_det
 
 
 def _batched(fn, x: np.ndarray, batch: int = 500, mesh=None) -> np.ndarray:
@@ -209,7 +236,11 @@ def _batched(fn, x: np.ndarray, batch: int = 500, mesh=None) -> np.ndarray:
 
 
 def _unit(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32) / 255.0
+    """Checked images as floats in [0, 1]: uint8 divided by 255, floats (and vectors) as they
+    are."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32, copy=False)
 
 
 def samplers(
@@ -291,16 +322,20 @@ def _run_data(restored, run_dir, data_dir=None, *, fix: str, check_size=True) ->
             f"data.val_size) nor on images read from its files (train.fit on arrays of your own "
             f"records the default dataset): {fix}"
         )
+    shape = restored.model.image_shape
     for split in ("train", "test"):
-        jdata.check_image_shape(getattr(ds, split).images, restored.model.image_shape,
-                                f"the {dc.dataset} {split} images")  # fmt: skip
+        images, name = getattr(ds, split).images, f"the {dc.dataset} {split} images"
+        if len(shape) == 1:
+            jdata.check_vectors(images, name, dim=shape[0])
+        else:
+            jdata.check_image_shape(images, shape, name)
     return ds
 
 
 def _encode(fns: Functions, images: np.ndarray) -> np.ndarray:
     """The codes [N, d] of checked images (`jaxae.data.check_images`: uint8, or floats in
     [0, 1])."""
-    return _batched(fns.encode, _unit(images) if images.dtype == np.uint8 else images)
+    return _batched(fns.encode, _unit(images))
 
 
 def fitted_samplers(run_dir) -> list[str]:
@@ -334,9 +369,10 @@ def fit_sampler(
     your own) is refused rather than fitted to another data set's codes. `images` (and
     `val_images`): the training (validation) images to encode instead, uint8 or floats in
     [0, 1] of the model's shape (`jaxae.data.check_images`); ``fitted_on.json`` then records
-    ``"images": "given"`` and their count. `options` go to `jaxae.priors.fit` (e.g.
-    ``components=10`` for 'gmm'). `verbose`: print one line before the fit (what, on how many
-    codes).
+    ``"images": "given"`` and their count (a model of vectors: vectors in the data's own units,
+    standardized as the run's training split, which is loaded for that). `options` go to
+    `jaxae.priors.fit` (e.g. ``components=10`` for 'gmm'). `verbose`: print one line before the
+    fit (what, on how many codes).
 
     Raises:
       TrainingDataError: no `images`, and the run was not trained on its config's dataset split.
@@ -360,6 +396,11 @@ def fit_sampler(
     if images is not None:
         train = jdata.check_images(images, "images", shape=shape)
         source = {"images": "given"}
+        if is_vectors(restored.model):
+            standardize = _run_data(restored, run_dir, data_dir, fix=_images_hint(
+                run_dir, name), check_size=False).standardization.apply  # fmt: skip
+            train = standardize(train)
+            val_images = None if val_images is None else standardize(val_images)
     else:
         ds = _run_data(restored, run_dir, data_dir, fix=_images_hint(run_dir, name))
         train = ds.train.images
@@ -464,7 +505,14 @@ def evaluate_run(
            "(evaluate.log_prob, evaluate.functions), or, trained on a subset of that dataset's "
            "training images, pass --same-dataset (evaluate_run(same_dataset=True))")  # fmt: skip
     ds = _run_data(restored, run_dir, data_dir, fix=fix, check_size=not same_dataset)
-    if num_samples > len(ds.test.images):
+    vectors = is_vectors(restored.model)
+    skipped = {}
+    if vectors and fid:
+        skipped["image metrics"] = ("the run's data are vectors, not images: no PSNR, FID, KID, "
+                                    "precision/recall or samples, which are of images (Inception "
+                                    "features)")  # fmt: skip
+        fid = False
+    if num_samples > len(ds.test.images) and not vectors:
         raise ValueError(f"{dc.dataset} test has {len(ds.test.images)} images, fewer than "
                          f"{num_samples} asked")  # fmt: skip
     test = ds.test.images[:num_samples]  # the images the reference features are of
@@ -486,8 +534,11 @@ def evaluate_run(
     if fid:  # the FID protocol only where an FID is computed: its counts, whether it is quick
         protocol = metrics.protocol_note(num_samples, num_samples, quick)
         result.update(protocol=protocol, num_samples=num_samples, quick=quick)
-    rec = {"mse": mse, "psnr_db": metrics.psnr(mse), "num_images": len(x)}
-    result.update(reconstruction=rec, samples={})
+    if vectors:
+        rec = {"mse": mse, "units": "standardized features", "num_examples": len(x)}
+    else:
+        rec = {"mse": mse, "psnr_db": metrics.psnr(mse), "num_images": len(x)}
+    result.update(reconstruction=rec, samples={}, **({"skipped": skipped} if skipped else {}))
     if fid:
         ref = reference_features(
             dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir,
@@ -498,14 +549,25 @@ def evaluate_run(
     if fns.nll is not None:
         nats = float(np.mean(_batched(fns.nll, x, mesh=mesh)))
         dims = math.prod(x.shape[1:])
-        result["likelihood"] = {
-            "nats_per_image": nats,
-            "bits_per_dim": metrics.bits_per_dim(nats, dims),
-            "num_images": len(x),
-            "convention": "a density over x / 255 in [0, 1]^D at the test pixels (not "
-            "dequantized): bits per dimension in those units, not a bound on a discrete "
-            "likelihood (metrics.bits_per_dim)",
-        }
+        head = getattr(getattr(restored.model, "head", None), "name", None)
+        convention = likelihood_convention(head, vectors, dc.binarize)
+        if vectors:  # the data's NLL: the standardized one plus the log-Jacobian
+            log_det = ds.standardization.log_det
+            result["likelihood"] = {
+                "nats_per_example": nats + log_det,
+                "nats_per_example_standardized": nats,
+                "log_det": log_det,
+                "bits_per_dim": metrics.bits_per_dim(nats + log_det, dims),
+                "num_examples": len(x),
+                "convention": convention,
+            }
+        else:
+            result["likelihood"] = {
+                "nats_per_image": nats,
+                "bits_per_dim": metrics.bits_per_dim(nats, dims),
+                "num_images": len(x),
+                "convention": convention,
+            }
     train_images = ds.train.images if fid else None  # padded already, if the run's are
     for i, (name, draw) in enumerate(
         samplers(fns, train_images, False, restored.model, run_dir, restored).items()
@@ -524,8 +586,33 @@ def evaluate_run(
     return result
 
 
+def likelihood_convention(head: str | None, vectors: bool = False, binarize: bool = False) -> str:
+    """What `evaluate_run`'s test NLL is, for a model of likelihood head `head` on vectors or
+    images (binarized or not, config ``data.binarize``)."""
+    if vectors:
+        return ("a density over the vectors in the data's own units: the model's NLL of the "
+                "standardized vectors z = (x - mean) / std (the training split's statistics, "
+                "nats_per_example_standardized) plus log_det = sum_j log std_j, the "
+                "log-Jacobian of that map; bits per dimension of that density")  # fmt: skip
+    if head == "bernoulli" and binarize:
+        return ("a probability mass over binary images {0, 1}^D (data.binarize: the test images "
+                "binarized once by a seeded Bernoulli draw, jaxae.data.binarize_fixed): a "
+                "discrete NLL in nats per image, as binarized-MNIST results are reported; bits "
+                "per dimension is that NLL / (D ln 2), bits per binary pixel")  # fmt: skip
+    if head == "bernoulli":
+        return ("the Bernoulli cross-entropy of the grey test pixels x / 255: neither a "
+                "probability mass (the pixels are not binary) nor a density over [0, 1]^D, so "
+                "comparable only to other such cross-entropies (train with data.binarize=True "
+                "for a likelihood of binary images)")  # fmt: skip
+    return ("a density over x / 255 in [0, 1]^D at the test pixels (not dequantized): bits per "
+            "dimension in those units, not a bound on a discrete likelihood "
+            "(metrics.bits_per_dim)")  # fmt: skip
+
+
 def sample(run_dir, sampler: str, key, n: int, *, restored=None, data_dir=None) -> np.ndarray:
-    """n images [n, H, W, C] in [0, 1] decoded from codes drawn by `sampler`, the samplers of
+    """n images [n, H, W, C] in [0, 1] (a model of vectors: vectors [n, D] in the data's own
+    units, float64, undoing the standardization of the run's training split, which is loaded for
+    it) decoded from codes drawn by `sampler`, the samplers of
     `samplers`: a sampler fitted into the run folder (`fit_sampler`: gaussian, gmm, flow, vae),
     'prior' (the model's own prior, `prior_sample`, else N(0, I)), 'flow' for a PAE run (its
     latent flow, Eq. 6), and 'gaussian' where none is fitted: a Gaussian fitted to the codes of
@@ -554,7 +641,11 @@ def sample(run_dir, sampler: str, key, n: int, *, restored=None, data_dir=None) 
     else:  # 'gaussian', fitted now as `samplers` (and so `evaluate_run`) fits it
         ds = _run_data(restored, run_dir, data_dir, fix=_images_hint(run_dir, sampler))
         codes = samplers(fns, ds.train.images, model=model)["gaussian"](key, n)
-    return np.asarray(_batched(fns.decode, np.asarray(codes, np.float32)))
+    out = np.asarray(_batched(fns.decode, np.asarray(codes, np.float32)))
+    if not is_vectors(model):
+        return out
+    ds = _run_data(restored, run_dir, data_dir, fix=_images_hint(run_dir, sampler))
+    return ds.standardization.invert(out)
 
 
 def check_samplers(run_dir, names, fns: Functions, restored=None) -> None:
@@ -605,16 +696,21 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
 
     def over(r):  # results written before the counts were recorded have none
+        if "num_examples" in r:
+            return f" over {r['num_examples']:,} test examples"
         return f" over {r['num_images']:,} test images" if "num_images" in r else ""
 
     lines += [""] if rows else []  # a blank line after the table
-    lines.append(f"Reconstruction MSE {rec['mse']:.5f}, PSNR {rec['psnr_db']:.2f} dB{over(rec)}.")
+    psnr = f", PSNR {rec['psnr_db']:.2f} dB" if "psnr_db" in rec else f" ({rec.get('units')})"
+    lines.append(f"Reconstruction MSE {rec['mse']:.5f}{psnr}{over(rec)}.")
     if "likelihood" in result:
         lik = result["likelihood"]
-        lines.append(
-            f"Test NLL {lik['nats_per_image']:.1f} nats per image, {lik['bits_per_dim']:.3f} bits "
-            f"per dimension{over(lik)}."
-        )
+        per = "example" if "nats_per_example" in lik else "image"
+        note = f": {lik['convention']}" if "convention" in lik else ""
+        lines.append(f"Test NLL {lik[f'nats_per_{per}']:.2f} nats per {per}, "
+                     f"{lik['bits_per_dim']:.3f} bits per dimension{over(lik)}{note}.")  # fmt: skip
+    for what, why in result.get("skipped", {}).items():
+        lines.append(f"Skipped {what}: {why}.")
     if "protocol" in result:  # absent when no FID was computed (--no-fid)
         lines += ["", f"Protocol: {result['protocol']}"]
     lines.append("")

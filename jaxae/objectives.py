@@ -24,7 +24,7 @@ def terms(model, x: jax.Array, key: jax.Array | None) -> dict[str, jax.Array]:
     The likelihood term is named by the distribution (``'mse'`` for `SquaredError`, else
     ``'nll'``, in nats per image).
     """
-    chex.assert_rank(x, 4)  # images [B, H, W, C]
+    chex.assert_rank(x, {2, 4})  # images [B, H, W, C] or vectors [B, D]
     z, regularizers = model.latent(x, key)
     raw = model.decode(z)
     chex.assert_shape(raw, (x.shape[0], None))  # decoders emit raw [B, P]
@@ -78,7 +78,7 @@ def loss_fn(graphdef: nnx.GraphDef, method: str = "terms"):
                     f"model {type(model).__name__} has no method {method!r} (a parameter "
                     "group's loss: `ParamGroup.loss` names a method (x, key) -> {'loss': [B]})"
                 )
-            chex.assert_rank(batch["image"], 4)  # images [B, H, W, C]
+            chex.assert_rank(batch["image"], {2, 4})  # images [B, H, W, C] or vectors [B, D]
             out = loss(batch["image"], key)
         return out, nnx.split(model, nnx.Param, ...)[2]
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxae import config as jconfig
 from jaxae import data as jdata
-from jaxae import objectives, parallel
+from jaxae import objectives, parallel, stream
 from jaxae.checkpoint import Checkpointer, depended_steps
 
 # A loss function maps (params, model_state, batch, key) to (per-example terms {name: [B]} with
@@ -519,9 +519,12 @@ def fit(
       workdir: run folder; holds ``checkpoints/`` and ``metrics.jsonl``.
       params: initial parameters (an `nnx.State`), used when there is no checkpoint.
       update: how one iteration trains (`single(loss_fn, optimizer)`, `grouped(...)`).
-      train: host arrays with a leading example axis, e.g. ``{'image': uint8 [N,H,W,C]}``;
-        placed on every device once. Images are checked first (`jaxae.data.check_images`;
-        against ``model['image_shape']`` when given) and [N, H, W] gets its channel axis.
+      train: host arrays with a leading example axis, e.g. ``{'image': uint8 [N,H,W,C]}``,
+        placed on every device once; or, when they take more than ``data.memory_budget_mb``
+        (or `train` is a record source: ``len()`` and ``train[i] -> {name: array}``), streamed
+        from the host batch by batch (`jaxae.stream`), in the same order. Images are checked
+        first (`jaxae.data.check_images`; against ``model['image_shape']`` when given) and
+        [N, H, W] gets its channel axis.
         Integer pixels need a `prepare` that scales them (`check_scaled`).
       model_state: initial non-parameter state (BatchNorm statistics), if the model has any.
       prepare: on-device preprocessing of each raw batch (uint8 pixels: `jaxae.data.Preprocess`).
@@ -552,24 +555,23 @@ def fit(
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(tc.batch_size, mesh)
 
-    # --- Input: the whole dataset lives on the devices.
-    sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in train.items()}
-    if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
-        raise ValueError(f"train arrays need one shared leading example axis, got sizes {sizes}")
-    if "image" in train:  # here, not inside a compiled step: the messages say how to fix it
+    # --- Input: the whole dataset lives on the devices, or (above the memory budget, or a
+    # record source) batches stream from the host (`jaxae.stream`).
+    num_examples = stream.check_source(train)
+    if isinstance(train, dict) and "image" in train:  # here, not inside a compiled step
         shape = (model or {}).get("image_shape")
         images = jdata.check_images(train["image"], "train['image']", shape)
         if prepare is None:
             check_scaled(images, "train['image']")
         train = {**train, "image": images}
-    num_examples = next(iter(sizes.values()))
     steps_per_epoch = num_examples // tc.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
             f"the training set has {num_examples} examples, fewer than one batch of "
             f"{tc.batch_size}: an empty epoch"
         )
-    data = parallel.replicate(train, mesh)
+    budget = stream.budget_bytes(config.data.memory_budget_mb, mesh.devices.flat)
+    streamed = not isinstance(train, dict) or stream.nbytes(train) > budget
     total = total_steps(tc, num_examples)
 
     # --- State and checkpoint.
@@ -591,7 +593,7 @@ def fit(
     meta = {
         "config": config.to_dict(),
         "data": {"steps_per_epoch": steps_per_epoch, "num_examples": num_examples,
-                 "files": [str(f) for f in data_files]},
+                 "files": [str(f) for f in data_files], "streamed": streamed},
         **({"model": model} if model else {}),
         **(extra_meta or {}),
     }  # fmt: skip
@@ -605,9 +607,19 @@ def fit(
         # inside this epoch (at max_steps) as the whole epoch's.
         pending = _EpochLog.restore(saved, step % steps_per_epoch)
         _trim_log(workdir / "metrics.jsonl", step - pending.steps if step < total else step)
-        chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
-        loop = _Loop(ckpt, every, chunk_fn, data, tc, steps_per_epoch, total, meta,
-                     early_stopping)  # fmt: skip
+        key = data_key(tc.seed)
+        if streamed:
+            order = lambda epoch: epoch_permutation(key, epoch, num_examples)  # noqa: E731
+            batches = stream.Batches(
+                train, order, batch_size=tc.batch_size, steps_per_epoch=steps_per_epoch,
+                total=total, start=step, mesh=mesh,
+                state=(saved or {}).get("data", {}).get("pipeline"),
+            )  # fmt: skip
+            feed = _Streamed(parallel.data_parallel(_step_fn(update, prepare), mesh), batches)
+        else:
+            chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
+            feed = _InMemory(chunk_fn, parallel.replicate(train, mesh), key, steps_per_epoch)
+        loop = _Loop(ckpt, every, feed, tc, steps_per_epoch, total, meta, early_stopping)
         state, history = loop.run(state, workdir, eval_fn, progress, pending)
     finally:
         ckpt.close()  # waits for an in-flight save, so Ctrl-C leaves a complete checkpoint
@@ -706,13 +718,48 @@ def _eval_line(eval_fn, state) -> dict:
     return line
 
 
+class _InMemory:
+    """Chunks of steps over the whole training set on the devices (`make_train_chunk`)."""
+
+    def __init__(self, chunk_fn, data: dict, key: jax.Array, steps_per_epoch: int):
+        self.chunk_fn, self.data, self.key = chunk_fn, data, key
+        self.steps_per_epoch, self.num_examples = steps_per_epoch, len(jax.tree.leaves(data)[0])
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, state, step: int, n: int):
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, epoch_permutation(self.key, epoch, self.num_examples)
+        return self.chunk_fn(state, self.data, self._perm, offset, n)
+
+    def position(self) -> dict:
+        return {}
+
+
+class _Streamed:
+    """Steps over batches streamed from the host (`jaxae.stream.Batches`), one call each: the
+    next batch is read while the devices run the step (dispatch is asynchronous)."""
+
+    def __init__(self, step_fn, batches: stream.Batches):
+        self.step_fn, self.batches = step_fn, batches
+
+    def __call__(self, state, step: int, n: int):
+        metrics = []
+        for _ in range(n):
+            state, m = self.step_fn(state, next(self.batches))
+            metrics.append(m)
+        return state, jax.tree.map(lambda *x: jnp.stack(x), *metrics)
+
+    def position(self) -> dict:
+        return {"pipeline": self.batches.state}
+
+
 class _Loop(NamedTuple):
     """Run chunks of scanned steps, cut at epoch ends and checkpoint steps."""
 
     ckpt: Checkpointer
     every: int
-    chunk_fn: Callable
-    data: dict
+    feed: _InMemory | _Streamed
     tc: Any  # the config's training section
     steps_per_epoch: int
     total: int
@@ -739,10 +786,8 @@ class _Loop(NamedTuple):
 
     def run(self, state, workdir, eval_fn, progress, pending: _EpochLog | None = None):
         tc, steps_per_epoch, total = self.tc, self.steps_per_epoch, self.total
-        key = data_key(tc.seed)
-        num_examples = len(jax.tree.leaves(self.data)[0])
         step = int(state["step"])
-        history, perm, perm_epoch = [], None, -1
+        history = []
         last_saved = self.ckpt.latest_step()
         lead = jax.process_index() == 0  # one process writes the log and shows the bar
         stopped = self.early_stopping is not None and int(state["best"]["stopped"])
@@ -752,14 +797,12 @@ class _Loop(NamedTuple):
             tqdm(total=total, initial=step, disable=not (progress and lead), unit="step") as bar,
         ):
             while step < total and not stopped:
-                epoch, offset = divmod(step, steps_per_epoch)
-                if epoch != perm_epoch:
-                    perm, perm_epoch = epoch_permutation(key, epoch, num_examples), epoch
+                offset = step % steps_per_epoch
                 n = min(steps_per_epoch - offset, total - step, self.every - step % self.every)
                 if tc.steps_per_call:
                     n = min(n, tc.steps_per_call)
                 t0 = time.perf_counter()
-                state, metrics = self.chunk_fn(state, self.data, perm, offset, n)
+                state, metrics = self.feed(state, step, n)
                 metrics = jax.device_get(metrics)  # waits for the chunk: [n] per term
                 seconds = time.perf_counter() - t0
                 _check_finite(metrics, step, last_saved)
@@ -786,7 +829,7 @@ class _Loop(NamedTuple):
                     if epoch_end:
                         epoch_log = _EpochLog()
                 position = {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
-                            "step": step}  # fmt: skip
+                            "step": step, **self.feed.position()}  # fmt: skip
                 meta = {**self.meta, "data": {**self.meta["data"], **position},
                         "epoch_log": epoch_log.to_meta()}  # fmt: skip
                 if stopped:

@@ -7,7 +7,9 @@ Used by tests/test_resume_kill.py and tests/test_update.py:
 - ``bn``: `BNAutoencoder`, an autoencoder with a BatchNorm layer (model state: running
   statistics), `train.single` on `objectives.loss_fn`;
 - ``gan``: `ToyGAN`, a two-group adversarial model (``generator``, ``critic``) trained by
-  `train.grouped` with 3 critic steps per generator step.
+  `train.grouped` with 3 critic steps per generator step;
+- ``stream``: ``ae`` with its batches streamed from the host (`jaxae.stream`: the memory
+  budget, ``data.memory_budget_mb``, set below the training set's size).
 
 The tests import `run` (and the model builders) to train the same runs in their own process.
 """
@@ -32,7 +34,7 @@ from jaxae.heads import Head
 SHAPE = (8, 8, 1)
 LATENT = 4
 NUM_EXAMPLES = 96  # 6 steps per epoch of 16
-MODELS = ("ae", "bn", "gan")
+MODELS = ("ae", "bn", "gan", "stream")
 
 
 @models.register("bn_test_ae")
@@ -112,7 +114,7 @@ def setup(model: str = "ae", seed: int = 0):
     if model == "gan":
         graphdef, params, model_state = objectives.split(ToyGAN(seed))
         return graphdef, params, model_state, train.grouped(gan_groups(graphdef))
-    kind = {"ae": "ae", "bn": "bn_test_ae"}[model]
+    kind = {"ae": "ae", "stream": "ae", "bn": "bn_test_ae"}[model]
     spec = {"kind": kind, "arch": "mlp", "head": "mse", "latent_dim": LATENT,
             "image_shape": list(SHAPE), "seed": seed}  # fmt: skip
     graphdef, params, model_state = objectives.split(models.build(spec))
@@ -125,10 +127,10 @@ def setup(model: str = "ae", seed: int = 0):
 
 
 def config(model: str = "ae", **training):
-    kind = {"ae": "ae", "bn": "bn_test_ae", "gan": "ae"}[model]
+    kind = {"ae": "ae", "stream": "ae", "bn": "bn_test_ae", "gan": "ae"}[model]
     base = dict(batch_size=16, epochs=4, checkpoint_every=3)
     return jconfig.make(
-        data=dict(dataset="synthetic"),
+        data=dict(dataset="synthetic", memory_budget_mb=1e-6 if model == "stream" else 0.0),
         model=dict(kind=kind, latent_dim=LATENT),
         optimizer=dict(learning_rate=1e-2),
         training={**base, **training},

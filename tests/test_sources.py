@@ -8,9 +8,11 @@ import pickle
 import sys
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from experiments import train as etrain
 from jaxae import config as jconfig
@@ -250,3 +252,70 @@ def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, class_
     config.data.image_size = 32  # the images' own size: the same model, another config
     with pytest.raises(ValueError, match=r"cannot resume.*data\.image_size: 0 -> 32"):
         etrain.train_and_evaluate(config, workdir, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# data.binarize: Bernoulli pixels for the Bernoulli head
+
+
+def test_preprocess_binarize_draws_each_pixel_with_its_grey_level():
+    grey = np.full((8, 25, 25, 1), 77, np.uint8)  # p = 77 / 255 ~ 0.302
+    pre = data.Preprocess(binarize=True)
+    a, b = (np.asarray(pre(grey, jax.random.PRNGKey(k))) for k in (0, 1))
+    assert set(np.unique(a)) == {0.0, 1.0} and (a != b).any()  # a fresh draw per key
+    assert stats.binomtest(int(a.sum()), a.size, 77 / 255).pvalue > 1e-3
+    floats = np.linspace(0, 1, 5000, dtype=np.float32).reshape(1, 50, 100, 1)
+    c = np.asarray(pre(floats, jax.random.PRNGKey(2)))
+    assert stats.binomtest(int(c.sum()), c.size, float(floats.mean())).pvalue > 1e-3
+    assert c[0, 0, 0, 0] == 0 and c[0, -1, -1, 0] == 1  # grey levels 0 and 1 stay
+    with pytest.raises(ValueError, match=r"binarize=True\) needs a PRNG key"):
+        pre(grey)
+    with pytest.raises(ValueError, match="dequantize and binarize exclude each other"):
+        data.Preprocess(dequantize=True, binarize=True)
+
+
+def test_binarize_fixed_is_seeded_and_keeps_the_dtype():
+    grey = rgb(40, 8)[..., :1]
+    once = data.binarize_fixed(grey)
+    assert once.dtype == np.uint8 and set(np.unique(once)) == {0, 255}
+    np.testing.assert_array_equal(once, data.binarize_fixed(grey))
+    assert stats.binomtest(int((once > 0).sum()), once.size, grey.mean() / 255).pvalue > 1e-3
+    floats = data.binarize_fixed(grey / np.float32(255))
+    assert floats.dtype == np.float32 and set(np.unique(floats)) == {0.0, 1.0}
+
+
+def test_config_binarize_needs_a_head_of_binary_images():
+    assert jconfig.make(data=dict(binarize=True), model=dict(head="bernoulli")).data.binarize
+    jconfig.make(data=dict(binarize=True))  # the plain autoencoder: no likelihood to break
+    refused = [(dict(dequantize=True), "bernoulli", r"data\.dequantize=False"),
+               ({}, "continuous_bernoulli", r"unbounded \(its density at 0 and 1"),
+               ({}, "normal_diag", r"no likelihood of binary images")]  # fmt: skip
+    for fields, head, why in refused:
+        with pytest.raises(ValueError, match=why):
+            jconfig.make(data={"binarize": True, **fields}, model=dict(head=head))
+
+
+def test_train_and_evaluate_binarized_images_with_the_bernoulli_head(tmp_path):
+    grey = (rgb(60, 8, seed=3)[..., :1] / np.float32(255)).astype(np.float32)  # floats in [0, 1]
+    np.savez(tmp_path / "grey.npz", images=grey)
+    config = jconfig.make(
+        data=dict(dataset=str(tmp_path / "grey.npz"), binarize=True),
+        model=dict(head="bernoulli", latent_dim=2),
+        training=dict(batch_size=8, epochs=1, max_steps=2),
+    )
+    summary = etrain.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    # the training images stay grey (drawn at every step); the test images are drawn once
+    ds = data.load_config(config.data)
+    grey_test = data.load(str(tmp_path / "grey.npz")).test.images
+    np.testing.assert_array_equal(ds.test.images, data.binarize_fixed(grey_test))
+    assert len(np.unique(ds.train.images)) > 2
+    result = evaluate.evaluate_run(tmp_path / "run", fid=False, num_samples=6, progress=False)
+    lik = result["likelihood"]
+    assert "probability mass over binary images" in lik["convention"]
+    assert "discrete NLL in nats per image" in lik["convention"]
+    # the NLL of the binary test images, against SciPy's Bernoulli pmf
+    model = evaluate.restore(tmp_path / "run").model
+    logits = np.asarray(model.decode(model.encode(ds.test.images)), np.float64)
+    pmf = stats.bernoulli.logpmf(ds.test.images.reshape(6, -1), 1 / (1 + np.exp(-logits)))
+    assert lik["nats_per_image"] == pytest.approx(-pmf.sum(1).mean(), rel=1e-4)
