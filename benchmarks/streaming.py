@@ -5,13 +5,15 @@ Command:    python -m benchmarks.streaming
 Smoke run:  python -m benchmarks.streaming --steps 4 --epochs 2
 
 One process trains the same model on the same random uint8 images through `jaxae.train.fit`
-three times: ``in_memory`` (the set on the device, each epoch one `lax.scan`), ``streamed``
+four times: ``in_memory`` (the set on the device, each epoch one `lax.scan`), ``streamed``
 (``data.memory_budget_mb`` set below the set's size: batches read from host arrays by the
-grain pipeline, one jitted step per batch) and ``streamed_memmap`` (the same, reading rows of an
-``np.load(..., mmap_mode='r')`` array on disk). Each prints images/s, the median over the
-epochs after the first (which compiles), and ``ratio_to_in_memory``; ``matmul`` is this
-machine's float32 matmul rate in the same run, for scale. The machines are shared: compare the
-ratios of one run, never numbers across runs.
+grain pipeline, one jitted step per batch), ``streamed_memmap`` (the same, reading rows of an
+``np.load(..., mmap_mode='r')`` array on disk) and ``streamed_folder`` (the images as PNG files
+in a folder, over the budget: `jaxae.data.LazyImages` decodes each batch's files as it comes;
+its training split is the folder's 90%, the rest being its test split). Each prints images/s,
+the median over the epochs after the first (which compiles), and ``ratio_to_in_memory``;
+``matmul`` is this machine's float32 matmul rate in the same run, for scale. The machines are
+shared: compare the ratios of one run, never numbers across runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from jaxae import config as jconfig
 from jaxae import data as jdata
@@ -88,9 +91,13 @@ def main(argv=None) -> list[dict]:
         tmp = Path(tmp)
         np.save(tmp / "images.npy", images)
         on_disk = np.load(tmp / "images.npy", mmap_mode="r")
+        (tmp / "png").mkdir()
+        for i, x in enumerate(images):
+            Image.fromarray(x).save(tmp / "png" / f"{i:05d}.png")
+        files = jdata.load(str(tmp / "png"), memory_budget=1).train.images
         tiny = 1e-3  # MiB: below the set's size, so `fit` streams
         cases = {"in_memory": (images, 0.0), "streamed": (images, tiny),
-                 "streamed_memmap": (on_disk, tiny)}  # fmt: skip
+                 "streamed_memmap": (on_disk, tiny), "streamed_folder": (files, tiny)}  # fmt: skip
         base = None
         for name, (x, budget) in cases.items():
             out = run_case(x, tmp / name, budget_mb=budget, batch=args.batch, epochs=args.epochs)
@@ -98,7 +105,7 @@ def main(argv=None) -> list[dict]:
             line = {"case": name, **{k: round(v, 1) if isinstance(v, float) else v
                                      for k, v in out.items()},
                     "ratio_to_in_memory": round(out["images_per_s"] / base, 3),
-                    "shape": list(SHAPE), "batch": args.batch, "images": n}  # fmt: skip
+                    "shape": list(SHAPE), "batch": args.batch, "images": len(x)}  # fmt: skip
             lines.append(line)
             print(json.dumps(line), flush=True)
     return lines

@@ -106,6 +106,7 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         config, workdir, params=params, model_state=model_state, update=update,
         train={"image": ds.train.images}, prepare=prepare, mesh=mesh, eval_fn=eval_fn,
         progress=progress, model=model.spec, data_files=ds.files,
+        extra_meta={"standardization": ds.standardization.to_dict()} if vectors else None,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
 
@@ -142,6 +143,8 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
         summary["test_psnr_db"] = float(10 * np.log10(1.0 / test["mse"]))
     if vectors:  # the test terms are of the standardized vectors; the data's NLL adds log_det
         summary["standardization"] = ds.standardization.to_dict()
+        if "nll" in test:  # as `jaxae.evaluate` reports it: in the data's own units
+            summary["test_nll_data_units"] = test["nll"] + ds.standardization.log_det
     if config.flow.epochs:
         summary["flow"] = pae.fit_flow(config, workdir, dataset=ds, mesh=mesh, progress=progress)
         fitted = checkpoint.restore_params(workdir).model
@@ -264,6 +267,10 @@ def main(argv):
         summary = train_and_evaluate(config, f.workdir, data_dir=f.data_dir, progress=f.progress)
     except (ValueError, FileNotFoundError, CheckpointError) as e:  # bad input: say what, briefly
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # `fit` has waited for any save in flight: nothing is lost
+        print(f"\ninterrupted: the last checkpoint in {f.workdir} is complete; run the same "
+              "command to resume from it", file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     print(json.dumps({k: v for k, v in summary.items() if k != "data_files"}, indent=2))
 
 

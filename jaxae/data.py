@@ -40,6 +40,7 @@ Everything here is NumPy on the host, except ``Preprocess``, which runs inside j
 """
 
 import dataclasses
+import difflib
 import gzip
 import io
 import os
@@ -48,8 +49,9 @@ import sys
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -345,7 +347,8 @@ def _labels(labels, n: int, name: str, unit: str = "images") -> np.ndarray:
         return np.full((n,), -1, np.int32)
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name}: labels have shape {labels.shape} but there are {n} {unit}")
+        raise ValueError(f"{name}: labels have shape {labels.shape} but there are {n} {unit}: "
+                         f"give one label per {unit[:-1]}, or none")  # fmt: skip
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name}: labels must be integers, got dtype {labels.dtype}")
     return labels.astype(np.int32)
@@ -734,11 +737,88 @@ def parse_source(text: str) -> Source:
         return Source("npz", text)
     if os.sep in text or "/" in text or text.startswith((".", "~")) or path.exists():
         return Source("folder", text)
+    close = difflib.get_close_matches(text, DATASETS, n=1)
     raise ValueError(
         f"unknown data set {text!r}: neither a built-in name ({', '.join(DATASETS)}) nor a path "
-        f"to an .npz file or a folder of images; for a data set of tensorflow-datasets write "
-        f"tfds:{text}"
+        "to an .npz file or a folder of images; "
+        + (f"did you mean {close[0]!r}? " if close else "")
+        + f"for a data set of tensorflow-datasets write tfds:{text}"
     )
+
+
+class _Lazy:
+    """The raw images of a source, read one at a time (a folder's files, a tfds split's
+    records): `_Images.images` of a source too large to read at once (`load`'s budget)."""
+
+    def __init__(self, read: Callable[[Any], np.ndarray], keys, shapes: list[tuple]):
+        self.read, self.keys, self.shapes = read, list(keys), shapes  # shapes: (H, W, C) each
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.read(self.keys[i])
+
+    def take(self, idx) -> "_Lazy":
+        return _Lazy(self.read, [self.keys[i] for i in idx], [self.shapes[i] for i in idx])
+
+
+class LazyImages:
+    """Images [N, S, S, C] (uint8) read from their source when indexed, for a training set over
+    ``data.memory_budget_mb`` (`load`): ``x[i]`` is one image, ``x[a:b]`` and ``x[idx]`` stack
+    theirs, ``np.asarray(x)`` reads them all. `jaxae.stream` reads each batch's rows; nothing
+    else is kept in memory. A file that cannot be read when its batch comes raises a ValueError
+    naming it."""
+
+    ndim = 4
+
+    def __init__(self, raw: _Lazy, names: list[str], one: Callable, shape: tuple,
+                 dtype=np.uint8):  # fmt: skip
+        self._raw, self._names, self._one = raw, names, one
+        self.shape, self.dtype = (len(raw), *shape), np.dtype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the images would take in memory."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray], dtype) -> "LazyImages":
+        """These images with `fn` applied to each as it is read (same shape, `dtype`): e.g.
+        ``x.map(lambda a: a / np.float32(255), np.float32)``, still unread."""
+        one = self._one
+        return LazyImages(self._raw, self._names, lambda x, name: fn(one(x, name)),
+                          self.shape[1:], dtype)  # fmt: skip
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, i: int) -> np.ndarray:
+        try:
+            x = self._one(self._raw[i], self._names[i])
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image {self._names[i]} (read when its batch came): "
+                             f"{e}. Fix or remove the file") from e  # fmt: skip
+        if x.shape != self.shape[1:]:
+            raise ValueError(f"{self._names[i]} became {x.shape}, not {self.shape[1:]} like the "
+                             "others: set data.image_size to resize them all")  # fmt: skip
+        return x
+
+    def __getitem__(self, key):
+        if isinstance(key, int | np.integer):
+            return self._read(int(range(len(self))[key]))
+        idx = np.arange(len(self))[key]
+        if not len(idx):
+            return np.zeros((0, *self.shape[1:]), self.dtype)
+        return np.stack([self._read(int(i)) for i in idx])
+
+    def __array__(self, dtype=None, copy=None):
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+    def take(self, idx) -> "LazyImages":
+        """The images `idx`, still unread."""
+        return LazyImages(self._raw.take(idx), [self._names[i] for i in idx], self._one,
+                          self.shape[1:], self.dtype)  # fmt: skip
 
 
 class _Images(NamedTuple):
@@ -757,7 +837,12 @@ class _Images(NamedTuple):
         return isinstance(self.images, np.ndarray) and self.images.ndim == 2
 
     def take(self, idx) -> "_Images":
-        images = self.images[idx] if self.is_vectors else [self.images[i] for i in idx]
+        if self.is_vectors:
+            images = self.images[idx]
+        elif isinstance(self.images, _Lazy):
+            images = self.images.take(idx)
+        else:
+            images = [self.images[i] for i in idx]
         return self._replace(images=images, labels=self.labels[idx],
                              names=[self.names[i] for i in idx] if self.names else [])  # fmt: skip
 
@@ -798,10 +883,19 @@ def _read_image(path: Path) -> np.ndarray:
     return x[..., None] if x.ndim == 2 else x
 
 
-def _read_folder(folder: Path, what: str, classes: tuple[str, ...] | None = None) -> _Images:
+def _header(path: Path) -> tuple[int, int, int]:
+    """(H, W, C) of an image file from its header alone (C: 1 for greyscale modes, else 3)."""
+    with Image.open(path) as im:
+        return im.height, im.width, 1 if im.mode in _GREY_MODES else 3
+
+
+def _read_folder(folder: Path, what: str, classes: tuple[str, ...] | None = None,
+                 fits: Callable[[list], bool] | None = None) -> _Images:  # fmt: skip
     """The PNG/JPEG files of a folder: flat (labels -1), or one subfolder per class (labels: the
     index of the subfolder among those holding images, sorted by name; images of a subfolder's
     own subfolders count). `classes`: those of the training folder, for its test folder.
+    `fits`: given the files' (H, W, C) from their headers, whether to read them now; if not,
+    they are read when used (`_Lazy`).
 
     Raises:
       DatasetNotFoundError: no such folder, or no PNG/JPEG file in it.
@@ -836,12 +930,18 @@ def _read_folder(folder: Path, what: str, classes: tuple[str, ...] | None = None
         paths = [(f, classes.index(c)) for c, files in by_class.items() for f in files]
     else:
         paths = [(f, -1) for f in top]
+    read = _read_image
+    if fits is not None:
+        read = _header  # the sizes first: whether the images fit in memory
     images, bad = [], []
     for f, _ in paths:
         try:
-            images.append(_read_image(f))
+            images.append(read(f))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             bad.append((f, e))
+    if not bad and fits is not None:
+        images = _read_folder(folder, what, classes).images if fits(images) else _Lazy(
+            _read_image, [f for f, _ in paths], images)  # fmt: skip
     if bad:
         f, e = bad[0]
         raise ValueError(f"{what}: cannot read {len(bad)} of {len(paths)} image files ("
@@ -878,9 +978,16 @@ def _tfds_builder(name: str, data_dir):
     return builder
 
 
-def _read_tfds_split(builder, name: str, split: str) -> _Images:
+def _hwc(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x[..., None] if x.ndim == 2 else x
+
+
+def _read_tfds_split(builder, name: str, split: str, fits=None) -> _Images:
     """One split of a prepared tfds data set: its features ``image`` and ``label`` (if any).
-    array_record files are read without TensorFlow; tfrecord files need it."""
+    array_record files are read without TensorFlow; tfrecord files need it. `fits` (array_record
+    only): given the images' (H, W, C), whether to read them now; if not, each record's image
+    is read when used (`_Lazy`), and only the labels now."""
     if split not in builder.info.splits:
         raise ValueError(f"tfds:{name} has no split {split!r}: it has {list(builder.info.splits)}")
     if builder.info.file_format.value == "array_record":
@@ -901,12 +1008,24 @@ def _read_tfds_split(builder, name: str, split: str) -> _Images:
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"tfds:{name}: no feature 'image' (it has {list(features)})")
+    files = tuple(str(f) for f in builder.info.splits[split].filepaths)
+    if fits is not None and builder.info.file_format.value == "array_record":
+        first = _hwc(source[0]["image"]) if len(source) else np.zeros((0, 0, 1))
+        shapes = [tuple(s or d for s, d in zip(features["image"].shape, first.shape,
+                                               strict=False))] * len(source)  # fmt: skip
+        if not fits(shapes):
+            import tensorflow_datasets as tfds
+
+            labels = ([int(r["label"]) for r in builder.as_data_source(
+                split, decoders={"image": tfds.decode.SkipDecoding()})]
+                if "label" in features else [-1] * len(source))  # fmt: skip
+            names = [f"tfds:{name}/{split}[{i}]" for i in range(len(source))]
+            lazy = _Lazy(lambda i: _hwc(source[i]["image"]), range(len(source)), shapes)
+            return _Images(lazy, np.asarray(labels, np.int32), files, names)
     images, labels = [], []
     for ex in examples:
-        x = np.asarray(ex["image"])
-        images.append(x[..., None] if x.ndim == 2 else x)
+        images.append(_hwc(ex["image"]))
         labels.append(ex.get("label", -1))
-    files = tuple(str(f) for f in builder.info.splits[split].filepaths)
     names = [f"tfds:{name}/{split}[{i}]" for i in range(len(images))]
     return _Images(images, np.asarray(labels, np.int32), files, names)
 
@@ -924,8 +1043,9 @@ def _split_test(train: _Images, fraction: float) -> tuple[_Images, _Images]:
     return train.take(np.sort(perm[n_test:])), train.take(np.sort(perm[:n_test]))
 
 
-def _read_source(source: Source, test: str, test_fraction: float, data_dir):
-    """The training and test images of a user's source (not a built-in one).
+def _read_source(source: Source, test: str, test_fraction: float, data_dir, fits=None):
+    """The training and test images of a user's source (not a built-in one); a folder's or a
+    tfds split's training images are read when used (`_Lazy`) unless `fits` their (H, W, C).
 
     The test images: the .npz file or folder `test` names (the source's own kind), or for tfds
     the split `test` names ('' : 'test' if the data set has one); else a seeded
@@ -934,12 +1054,13 @@ def _read_source(source: Source, test: str, test_fraction: float, data_dir):
     what = f"data.dataset={source.name!r}"
     if source.kind == "tfds":
         builder = _tfds_builder(source.name, data_dir)
-        train = _read_tfds_split(builder, source.name, "train")
+        train = _read_tfds_split(builder, source.name, "train", fits)
         split = test or ("test" if "test" in builder.info.splits else "")
         held = _read_tfds_split(builder, source.name, split) if split else None
     else:
         read = _read_npz_images if source.kind == "npz" else _read_folder
-        train = read(Path(source.name).expanduser(), what)
+        kwargs = {"fits": fits} if source.kind == "folder" else {}
+        train = read(Path(source.name).expanduser(), what, **kwargs)
         held = None
         if test:
             if parse_source(test).kind != source.kind:
@@ -974,6 +1095,18 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(p) for p in planes], axis=-1).astype(x.dtype, copy=False)
 
 
+def _conformer(image_size: int, c: int) -> Callable[[np.ndarray, str], np.ndarray]:
+    """`conform`'s step for one image [H, W, C] (named in errors) with `c` channels."""
+
+    def one(x, name):  # resized with the fewer channels: the two steps commute
+        x = _to_channels(x, c, name) if c < x.shape[-1] else x
+        if image_size and x.shape[:2] != (image_size, image_size):
+            x = _resize(x, image_size)
+        return _to_channels(x, c, name)
+
+    return one
+
+
 def conform(images, names, image_size: int = 0, channels: int = 0) -> np.ndarray:
     """Images of any sizes and channel counts as one [N, S, S, C] array.
 
@@ -990,21 +1123,15 @@ def conform(images, names, image_size: int = 0, channels: int = 0) -> np.ndarray
       ValueError: images of different sizes with `image_size` 0, naming two of them.
     """
     c = channels or (1 if all(x.shape[-1] == 1 for x in images) else 3)
-
-    def one(x, name):  # resized with the fewer channels: the two steps commute
-        x = _to_channels(x, c, name) if c < x.shape[-1] else x
-        if image_size and x.shape[:2] != (image_size, image_size):
-            x = _resize(x, image_size)
-        return _to_channels(x, c, name)
-
+    one = _conformer(image_size, c)
     out = [one(x, name) for x, name in zip(images, names, strict=True)]
     if not image_size:
         for i, x in enumerate(out):
             if x.shape[:2] != out[0].shape[:2]:
                 (h0, w0), (h, w) = out[0].shape[:2], x.shape[:2]
                 raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} "
-                                 f"is {h}x{w}. Set data.image_size to resize them all to one "
-                                 "size")  # fmt: skip
+                                 f"is {h}x{w} (height x width). Set data.image_size to "
+                                 "resize them all to one size")  # fmt: skip
     return np.stack(out)
 
 
@@ -1033,7 +1160,8 @@ def pad32(images: np.ndarray) -> np.ndarray:
     """
     _, h, w, _ = images.shape
     if h > 32 or w > 32:
-        raise ValueError(f"cannot pad {h}x{w} images to 32x32")
+        raise ValueError(f"cannot pad {h}x{w} images to 32x32 (pad_to_32 only enlarges): set "
+                         "data.pad_to_32=False, or data.image_size=32 to resize them")  # fmt: skip
     pad = [(0, 0), ((32 - h) // 2, (33 - h) // 2), ((32 - w) // 2, (33 - w) // 2), (0, 0)]
     return np.pad(images, pad)
 
@@ -1131,7 +1259,9 @@ def _split_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split | N
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
 
     def part(idx):  # both parts keep the files the training set was read from
-        return Split(train.images[idx], train.labels[idx], train.files)
+        images = train.images
+        images = images.take(idx) if isinstance(images, LazyImages) else images[idx]
+        return Split(images, train.labels[idx], train.files)
 
     return part(train_idx), part(val_idx)
 
@@ -1150,6 +1280,7 @@ def load(
     image_size: int = 0,
     channels: int = 0,
     binarize: bool = False,
+    memory_budget: int | None = None,
 ) -> Dataset:
     """Loads a data set with labels, as host NumPy arrays.
 
@@ -1179,6 +1310,10 @@ def load(
       channels: 1 (grey) or 3 (RGB); 0: grey if every image has one channel, else RGB.
       binarize: the validation and test images binarized once (`binarize_fixed`); the
         training images stay grey, for `Preprocess(binarize=True)` to draw at every step.
+      memory_budget: bytes the training images may take in memory (`jaxae.stream.budget_bytes`
+        of ``data.memory_budget_mb``); a folder's or a tfds split's training images above it
+        are read when used (`LazyImages`: `jaxae.train.fit` streams them). None: no limit. The
+        validation and test images are always read whole.
 
     Returns:
       Dataset(name, train, val, test, classes, standardization); each Split has images
@@ -1199,8 +1334,17 @@ def load(
         raw = [_as_images(load_raw(name, s, data_dir, allow_tfds=allow_tfds), f"{name}/{s}")
                for s in SPLITS]  # fmt: skip
     else:
-        raw = _read_source(source, test, test_fraction, data_dir)
+
+        def fits(shapes) -> bool:  # the bytes of the training images as `conform` makes them
+            c = channels or (1 if all(sh[2] == 1 for sh in shapes) else 3)
+            pixels = sum(image_size**2 if image_size else h * w for h, w, _ in shapes)
+            return memory_budget is None or pixels * c <= memory_budget
+
+        raw = _read_source(source, test, test_fraction, data_dir, fits)
     raw_train, raw_test = raw
+    if isinstance(raw_train.images, _Lazy):
+        return _lazy_dataset(name, raw_train, raw_test, image_size, channels, val_size, seed,
+                             pad_to_32, transform, binarize)  # fmt: skip
     if raw_train.is_vectors or raw_test.is_vectors:
         options = dict(image_size=image_size, channels=channels, pad_to_32=pad_to_32,
                        transform=transform, binarize=binarize)  # fmt: skip
@@ -1224,6 +1368,43 @@ def load(
 
     return Dataset(name, finish(train, held=False), finish(val), finish(test_split),
                    raw_train.classes)  # fmt: skip
+
+
+def _lazy_dataset(name, raw_train: _Images, raw_test: _Images, image_size, channels, val_size,
+                  seed, pad_to_32, transform, binarize) -> Dataset:  # fmt: skip
+    """`load`'s splits when the training images are read when used (`LazyImages`): each image
+    conformed, flipped and padded as `load` does the whole set; validation and test read now."""
+    lazy = raw_train.images
+    held = raw_test.images
+    shapes = lazy.shapes + (held.shapes if isinstance(held, _Lazy) else [x.shape for x in held])
+    if not image_size and len({sh[:2] for sh in shapes}) > 1:
+        i = next(i for i, sh in enumerate(shapes) if sh[:2] != shapes[0][:2])
+        h0, w0 = shapes[0][:2]
+        names = raw_train.names + raw_test.names
+        raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} is "
+                         f"{shapes[i][0]}x{shapes[i][1]} (height x width). Set "
+                         "data.image_size to resize them all to one size")  # fmt: skip
+    conformed = _conformer(image_size, channels or (1 if all(sh[2] == 1 for sh in shapes) else 3))
+    flip = {None: None, "hflip": hflip, "vflip": vflip}[transform]
+
+    def one(x, name):
+        x = conformed(x, name)
+        x = np.ascontiguousarray(flip(x)) if flip else x
+        return pad32(x[None])[0] if pad_to_32 else x
+
+    shape = one(lazy[0], raw_train.names[0]).shape
+    images = LazyImages(lazy, raw_train.names, one, shape)
+    train, val = _split_val(Split(images, raw_train.labels, raw_train.files), val_size, seed)
+    test_images = np.stack([one(raw_test.images[i], n) for i, n in enumerate(raw_test.names)])
+    test = Split(test_images, raw_test.labels, raw_test.files)
+
+    def held(split):  # read whole, binarized once
+        if split is None:
+            return None
+        x = np.asarray(split.images)
+        return split._replace(images=binarize_fixed(x) if binarize else x)
+
+    return Dataset(name, train, held(val), held(test), raw_train.classes)
 
 
 def _vector_dataset(name, raw_train: _Images, raw_test: _Images, val_size: int, seed: int,
@@ -1266,7 +1447,10 @@ def load_config(data, *, seed: int = 0, data_dir=None) -> Dataset:
       seed: ``training.seed``, which seeds the validation split.
       data_dir: where the data are, per machine (so not in the config); see `load`.
     """
+    from jaxae import stream  # grain: imported only where a config is loaded
+
     return load(data["dataset"], data_dir=data_dir, val_size=data["val_size"],
                 pad_to_32=data["pad_to_32"], seed=seed, test=data["test"],
                 test_fraction=data["test_fraction"], image_size=data["image_size"],
-                channels=data["channels"], binarize=data.get("binarize", False))  # fmt: skip
+                channels=data["channels"], binarize=data.get("binarize", False),
+                memory_budget=stream.budget_bytes(data.get("memory_budget_mb", 0)))  # fmt: skip

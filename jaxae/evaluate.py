@@ -6,8 +6,10 @@ Command:
 
 It restores the newest readable checkpoint of the run (the model is rebuilt from the
 description `train.fit(model=...)` saved with it), then measures on the test set of the run's
-dataset (a run trained on arrays of your own, whose config names the default dataset, is
-refused: `TrainingDataError`), and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
+dataset, whatever source ``data.dataset`` names (a built-in name, ``tfds:NAME``, an .npz file
+or a folder of images, read as the run read it: `jaxae.data.load_config`; a run trained on
+arrays of your own, whose config names the default dataset, is refused: `TrainingDataError`),
+and writes ``<run>/eval/metrics.json`` and ``metrics.md``:
 - reconstruction: per-pixel MSE and PSNR of the clipped reconstructions, and their FID, KID and
   precision/recall against the test images ("reconstruction FID");
 - likelihood, where the model has one: test NLL in nats per image and bits per dimension, with
@@ -28,18 +30,21 @@ so in ``skipped``.
 
 The protocol (`jaxae.metrics.PROTOCOL`): 10,000 generated samples against the 10,000 test
 images, pixels in [0, 1] before the Inception transform. `--quick` (or other counts) is allowed
-and the output then says so. The test images' Inception features are cached per dataset, split,
-count, resolution and weights hash (`reference_features`), so scoring a model embeds only its
-own images.
+and the output then says so. Grey images are replicated to RGB, as pytorch-fid does. The test
+images' Inception features are cached, keyed by the images' own bytes and the weights' hash
+(`image_features`), so scoring a model embeds only its own images, and a changed data file is
+never scored against the features of its old images.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -66,65 +71,136 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXAE_CACHE_DIR") or Path.home() / ".cache" / "jaxae")
 
 
+def source_label(dataset) -> str:
+    """A short name of a source for file names and messages: the built-in or tfds name, or the
+    file's or folder's own name. `dataset`: what ``data.dataset`` names, or a data section."""
+    name = dataset if isinstance(dataset, str) else dataset["dataset"]
+    source = jdata.parse_source(name)
+    return source.name if source.kind in ("builtin", "tfds") else Path(name).name
+
+
 def reference_images(
-    dataset: str,
+    dataset,
     split: str = "test",
     count: int = STANDARD_COUNT,
     *,
     pad_to_32: bool = False,
     data_dir=None,
+    seed: int = 0,
 ) -> np.ndarray:
-    """The first `count` images of a split, uint8 [N, H, W, C] (zero-padded to 32 x 32 if asked)."""
-    images = jdata.load_raw(dataset, split, data_dir).images
+    """The first `count` images of a split [N, H, W, C], uint8 (floats in [0, 1] from a float
+    .npz), as a run of that data takes them.
+
+    Args:
+      dataset: a built-in name (its files' images, zero-padded to 32 x 32 with `pad_to_32`);
+        any other source ``data.dataset`` names (``tfds:NAME``, an .npz file, a folder of
+        images), read by `jaxae.data.load` with its defaults; or a config's ``data`` section
+        (a run's: ``restored.config.data``), read as the run reads it (`jaxae.data.load_config`:
+        its image_size, channels, test, test_fraction, pad_to_32, binarize).
+      split: 'train' or 'test'.
+      seed: ``training.seed``, which holds out a data section's validation images of 'train'.
+
+    Raises:
+      ValueError: fewer than `count` images; a source of vectors (FID is of images); a
+        `pad_to_32` given with a data section (set its own field instead).
+    """
+    if split not in jdata.SPLITS:
+        raise ValueError(f"split must be one of {jdata.SPLITS}, got {split!r}")
+    label = source_label(dataset)
+    if isinstance(dataset, str) and jdata.parse_source(dataset).kind == "builtin":
+        images = jdata.load_raw(dataset, split, data_dir).images
+    else:
+        if isinstance(dataset, str):
+            ds = jdata.load(dataset, data_dir=data_dir, pad_to_32=pad_to_32, seed=seed)
+        elif pad_to_32 and not dataset["pad_to_32"]:
+            raise ValueError("reference_images: a data section pads by its own pad_to_32 field; "
+                             "set it there, not pad_to_32=True")  # fmt: skip
+        else:
+            ds = jdata.load_config(dataset, seed=seed, data_dir=data_dir)
+        if ds.standardization is not None:
+            raise ValueError(f"{label} holds vectors [N, D], not images: it has no Inception "
+                             "features (FID, KID and precision/recall are of images)")  # fmt: skip
+        images, pad_to_32 = getattr(ds, split).images, False  # padded already
     if count > len(images):
-        raise ValueError(f"{dataset} {split} has {len(images)} images, fewer than {count} asked")
-    images = images[:count]
+        raise ValueError(f"{label} {split} has {len(images)} images, fewer than the {count} "
+                         "asked: FID compares as many samples as reference images; on the "
+                         f"command line pass --quick --samples {len(images)} (marked: FIDs at "
+                         "other counts are not comparable), or --no-fid")  # fmt: skip
+    images = np.asarray(images[:count])
     return jdata.pad32(images) if pad_to_32 else images
 
 
 def reference_features(
-    dataset: str,
+    dataset,
     split: str = "test",
     count: int = STANDARD_COUNT,
     *,
     pad_to_32: bool = False,
     data_dir=None,
+    seed: int = 0,
     weights=None,
     mesh=None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Inception features [count, 2048] of a dataset split, computed once and cached.
+    """Inception features [count, 2048] of `reference_images` (the same arguments: a built-in
+    name, any source, or a run's data section), computed once and cached (`image_features`)."""
+    images = reference_images(dataset, split, count, pad_to_32=pad_to_32, data_dir=data_dir,
+                              seed=seed)  # fmt: skip
+    return image_features(images, label=f"{source_label(dataset)}-{split}", weights=weights,
+                          mesh=mesh, progress=progress)  # fmt: skip
 
-    The cache file is keyed by dataset, split, count, resolution and the weights' sha256, so a
-    change of any of them computes new features; the features of the first `count` images are
-    also read from the file of a larger count. An unreadable cache file is recomputed.
+
+def _digests(images: np.ndarray) -> np.ndarray:
+    """[N] uint64: an 8-byte BLAKE2b digest of each image's bytes."""
+    return np.array([int.from_bytes(hashlib.blake2b(x.tobytes(), digest_size=8).digest(),
+                                    "little") for x in images], np.uint64)  # fmt: skip
+
+
+def image_features(images, *, label: str = "images", weights=None, mesh=None,
+                   progress: bool = True) -> np.ndarray:  # fmt: skip
+    """Inception features [N, 2048] of images [N, H, W, C] (`inception.features`: uint8, or
+    floats in [0, 1]; grey or RGB), computed once and cached under `cache_dir()`/fid.
+
+    The cache is keyed by the images themselves: a digest of each image's bytes, their shape
+    and dtype, and the weights' sha256, so that other images (a file of a folder replaced,
+    another image_size, channels or padding, another test split) never read another set's
+    features. The features of the first N images are also read from the file of a larger set
+    that starts with these images (each image's digest is stored beside its features). An
+    unreadable cache file is recomputed. `label` only names the file for a reader
+    ('fashion_mnist-test').
     """
+    x = inception.check_input(images)
     path = inception.weights_path(weights)
-    digest = inception.weights_sha256(path)[:16]
-    res = "32" if pad_to_32 else "native"
+    n, digests = len(x), _digests(x)
+    shape = "x".join(map(str, x.shape[1:])) + f"{x.dtype.kind}{x.dtype.itemsize}"  # 28x28x1u1
+    key = hashlib.sha256(shape.encode() + digests.tobytes()).hexdigest()[:16]
+    weights_key = inception.weights_sha256(path)[:16]
     folder = cache_dir() / "fid"
-    file = folder / f"{dataset}-{split}-{count}-{res}-{digest}.npz"
+    tag = re.sub(r"[^A-Za-z0-9_-]+", "_", label).strip("_-")[:48] or "images"
+    file = folder / f"{tag}-{n}-{shape}-{key}-{weights_key}.npz"
+    same = sorted(folder.glob(f"*-{n}-{shape}-{key}-{weights_key}.npz"))  # any label
     larger = sorted(
-        (int(f.name.split("-")[-3]), f)
-        for f in folder.glob(f"{dataset}-{split}-*-{res}-{digest}.npz")
-        if f.name.split("-")[-3].isdigit() and int(f.name.split("-")[-3]) > count
+        (int(count), f)
+        for f in folder.glob(f"*-{shape}-*-{weights_key}.npz")
+        if (count := f.name.split("-")[-4]).isdigit() and int(count) > n
     )
-    for f in [file] + [f for _, f in larger]:
-        if not f.exists():
-            continue
+    for f in same + [f for _, f in larger]:
         try:
             with np.load(f) as z:
-                feats = z["features"][:count]
-            if feats.shape == (count, inception.FEATURES) and np.isfinite(feats).all():
+                if not np.array_equal(z["digests"][:n], digests):
+                    if f in same:
+                        raise ValueError("it holds the features of other images")
+                    continue  # a larger set that starts with other images
+                feats = z["features"][:n]
+            if feats.shape == (n, inception.FEATURES) and np.isfinite(feats).all():
                 return feats
             raise ValueError(f"shape {feats.shape}")
         except Exception as e:  # a corrupt or foreign file: recompute it
             warnings.warn(f"ignoring unreadable reference features {f}: {e}", stacklevel=2)
-    images = reference_images(dataset, split, count, pad_to_32=pad_to_32, data_dir=data_dir)
-    feats = inception.features(images, weights=path, mesh=mesh, progress=progress)
-    file.parent.mkdir(parents=True, exist_ok=True)
+    feats = inception.features(x, weights=path, mesh=mesh, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, features=feats)
+    np.savez(tmp, features=feats, digests=digests)
     os.replace(tmp, file)  # atomic: a crash never leaves a half-written cache file
     return feats
 
@@ -238,6 +314,9 @@ def _batched(fn, x: np.ndarray, batch: int = 500, mesh=None) -> np.ndarray:
 def _unit(images: np.ndarray) -> np.ndarray:
     """Checked images as floats in [0, 1]: uint8 divided by 255, floats (and vectors) as they
     are."""
+    if isinstance(images, jdata.LazyImages):  # a streamed training set: converted as read
+        scale = 255.0 if images.dtype == np.uint8 else 1.0
+        return images.map(lambda x: x.astype(np.float32) / np.float32(scale), np.float32)
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     return images.astype(np.float32, copy=False)
@@ -298,6 +377,36 @@ class TrainingDataError(ValueError):
     test set would silently be another data set's."""
 
 
+class StandardizationChangedError(TrainingDataError):
+    """A run on vectors whose data now give other standardization statistics (the training
+    split's mean and std) than those saved with its checkpoints: the data file was replaced or
+    changed since training, so the model would see other inputs than it was trained on."""
+
+
+def check_standardization(saved: dict, now: jdata.Standardization, what: str) -> None:
+    """Raise `StandardizationChangedError` unless the statistics recomputed from the data
+    (`now`) are those saved with the run (`saved`: `Standardization.to_dict`), to within
+    1e-9 of each feature's std (only rounding: the same rows give the same numbers)."""
+    mean, std = np.asarray(saved["mean"], np.float64), np.asarray(saved["std"], np.float64)
+    if mean.shape == now.mean.shape:
+        off = np.maximum(np.abs(now.mean - mean), np.abs(now.std - std)) / std
+        if off.max() <= 1e-9:
+            return
+        j = int(np.argmax(off))
+        change = (
+            f"feature {j}: mean {mean[j]:.6g} -> {now.mean[j]:.6g}, std {std[j]:.6g} -> "
+            f"{now.std[j]:.6g}; {int((off > 1e-9).sum())} of {len(mean)} features changed"
+        )
+    else:
+        change = f"{len(mean)} features when trained, {len(now.mean)} now"
+    raise StandardizationChangedError(
+        f"{what}: the training split's mean and std differ from those saved with the run "
+        f"({change}): the data file was replaced or changed since the run was trained, so the "
+        "model would be scored on other inputs than it was trained on. Put back the file it was "
+        "trained on, or train a new run on the new data"
+    )
+
+
 def _run_data(restored, run_dir, data_dir=None, *, fix: str, check_size=True) -> jdata.Dataset:
     """The dataset of the run's config, split as the run's training split it (config.data:
     dataset, val_size, pad_to_32; training.seed), checked against the model's image shape and
@@ -306,12 +415,19 @@ def _run_data(restored, run_dir, data_dir=None, *, fix: str, check_size=True) ->
     subset of its images, e.g. `experiments/vpae_table.py`'s runs), `check_size` is False, or
     the run was saved without these fields.
 
+    Vectors: their standardization, recomputed from the data, is checked against the one saved
+    with the run (``meta['standardization']``, where the run saved one).
+
     Raises:
       TrainingDataError: the sizes differ; the message ends with `fix`, what to do instead.
+      StandardizationChangedError: the vectors' statistics are not those the run was trained on.
       ValueError: the images are not of the model's shape (`jaxae.data.check_image_shape`).
     """
     dc, tc = restored.config.data, restored.config.training
     ds = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir)
+    saved = restored.meta.get("standardization")
+    if saved is not None and ds.standardization is not None:
+        check_standardization(saved, ds.standardization, f"{run_dir} (data.dataset={dc.dataset!r})")
     data = restored.meta.get("data", {})
     recorded, files = data.get("num_examples"), {Path(f).name for f in data.get("files", [])}
     subset = files and files <= {Path(f).name for f in ds.files}
@@ -539,11 +655,9 @@ def evaluate_run(
     else:
         rec = {"mse": mse, "psnr_db": metrics.psnr(mse), "num_images": len(x)}
     result.update(reconstruction=rec, samples={}, **({"skipped": skipped} if skipped else {}))
-    if fid:
-        ref = reference_features(
-            dc.dataset, "test", num_samples, pad_to_32=dc.pad_to_32, data_dir=data_dir,
-            weights=weights, mesh=mesh, progress=progress,
-        )  # fmt: skip
+    if fid:  # the reference: the test images themselves, as the run reads its source
+        ref = image_features(test, label=f"{source_label(dc.dataset)}-test", weights=weights,
+                             mesh=mesh, progress=progress)  # fmt: skip
         result["weights_sha256"] = inception.weights_sha256(inception.weights_path(weights))
         result["reconstruction"].update(distribution_metrics(embed(recon), ref, quick=quick))
     if fns.nll is not None:
@@ -590,10 +704,13 @@ def likelihood_convention(head: str | None, vectors: bool = False, binarize: boo
     """What `evaluate_run`'s test NLL is, for a model of likelihood head `head` on vectors or
     images (binarized or not, config ``data.binarize``)."""
     if vectors:
-        return ("a density over the vectors in the data's own units: the model's NLL of the "
-                "standardized vectors z = (x - mean) / std (the training split's statistics, "
+        return ("in the data's own units: the model's NLL of the standardized vectors "
+                "z = (x - mean) / std (the training split's statistics, "
                 "nats_per_example_standardized) plus log_det = sum_j log std_j, the "
-                "log-Jacobian of that map; bits per dimension of that density")  # fmt: skip
+                "log-Jacobian of that map; for an autoencoder with a likelihood head it is "
+                "-log p(x | f(x)), the decoder's density at the encoder's own code (the VPAE's "
+                "number), not a marginal likelihood, so it can lie below the data's "
+                "entropy")  # fmt: skip
     if head == "bernoulli" and binarize:
         return ("a probability mass over binary images {0, 1}^D (data.binarize: the test images "
                 "binarized once by a seeded Bernoulli draw, jaxae.data.binarize_fixed): a "

@@ -231,7 +231,24 @@ def fid(features_a, features_b, *, quick: bool = False) -> float:
                     f"needs at least d + 1 = {d + 1} samples to be full rank (with fewer it is "
                     "singular and the FID biased). Pass quick=True to compute it anyway."
                 )
+    if min(len(a), len(b)) <= d:  # covariances of rank < d: the same distance, far cheaper
+        return _frechet_low_rank(a, b)
     return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+
+
+def _frechet_low_rank(a: np.ndarray, b: np.ndarray) -> float:
+    """`frechet_distance` of the `gaussian_stats` of features a [n, d] and b [m, d], exactly,
+    without a d x d matrix: with A, B the centred features, S1 = A^T A / (n - 1) and S2 = B^T B /
+    (m - 1), the nonzero eigenvalues of S1 S2 are those of (A B^T)(A B^T)^T / ((n - 1)(m - 1)),
+    so tr((S1 S2)^{1/2}) is the sum of the singular values of A B^T over sqrt((n - 1)(m - 1)):
+    an SVD of [n, m] in place of two eigendecompositions of [d, d]."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ca, cb = a - a.mean(axis=0), b - b.mean(axis=0)
+    n, m = len(a), len(b)
+    tr1, tr2 = float((ca**2).sum()) / (n - 1), float((cb**2).sum()) / (m - 1)
+    cross = float(np.linalg.svd(ca @ cb.T, compute_uv=False).sum()) / np.sqrt((n - 1) * (m - 1))
+    diff = float(((a.mean(axis=0) - b.mean(axis=0)) ** 2).sum())
+    return max(diff + tr1 + tr2 - 2.0 * cross, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------

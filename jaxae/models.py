@@ -412,10 +412,11 @@ class NotFittedError(RuntimeError):
 
 # How a run gets its PAE second stage: said by every error about a missing or unfitted flow.
 FIT_FLOW_HINT = (
-    "fit it with `python -m experiments.train --config experiments/configs/pae.py:K --workdir "
-    "<run>` (both stages: config flow.epochs > 0) or, on a trained autoencoder run, "
-    "`jaxae.pae.fit_flow(config, run, dataset=...)`; then restore the run again "
-    "(`jaxae.checkpoint.restore_params(run)` gives the PAE)"
+    "train a PAE, both stages in one run folder: `python -m experiments.train --config "
+    "experiments/configs/pae.py:K --workdir <new run>` (config flow.epochs > 0 and "
+    "data.val_size > 0); or fit a flow on the codes of this trained autoencoder from Python, "
+    "`jaxae.pae.fit_flow(config, run, dataset=...)` with a config whose flow.epochs > 0, then "
+    "restore the run again (`jaxae.checkpoint.restore_params(run)` gives the PAE)"
 )
 
 

@@ -36,6 +36,7 @@ from jaxae import data as jdata
 # to within its quantization.
 SIGMA_FLOOR = 1.0 / (256.0 * math.sqrt(12.0))
 BATCH = 500
+LAZY_CHUNK = 10_000  # images of a set read when used (`jaxae.data.LazyImages`) held at once
 
 
 def _inputs(model, images, scale: str | None = None, name: str = "images") -> np.ndarray:
@@ -57,9 +58,21 @@ def _map(fn, model, x: np.ndarray, batch_size: int = BATCH):
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *out)
 
 
+def _decoded(m, z):
+    """g(z) [B, N]: the decoder's image for codes z [B, K], flattened, as its head reads its raw
+    outputs (`Model.point`: the `mse` head's output itself, a Normal head's mean, which a
+    head's raw outputs hold beside its mixture logits and scales)."""
+    return m.point(m.decode(z))[0].reshape(z.shape[0], -1)
+
+
 def encode(model, images, *, scale: str | None = None, batch_size: int = BATCH) -> np.ndarray:
-    """The codes f(x) [B, K] of images [B, H, W, C] (eval mode)."""
+    """The codes f(x) [B, K] of images [B, H, W, C] (eval mode); a streamed training set
+    (`jaxae.data.LazyImages`) is read and encoded `LAZY_CHUNK` images at a time."""
     model.eval()
+    if isinstance(images, jdata.LazyImages):
+        parts = [encode(model, images[i : i + LAZY_CHUNK], scale=scale, batch_size=batch_size)
+                 for i in range(0, len(images), LAZY_CHUNK)]  # fmt: skip
+        return np.concatenate(parts)
     return _map(lambda m, x: m.encode(x), model, _inputs(model, images, scale), batch_size)
 
 
@@ -75,7 +88,7 @@ def noise_map(model, images, *, scale: str | None = None, batch_size: int = BATC
     x = _inputs(model, images, scale, "validation images")
 
     def sq_err(m, xb):
-        return jnp.sum((m.decode(m.encode(xb)) - xb.reshape(xb.shape[0], -1)) ** 2, axis=0)[None]
+        return jnp.sum((_decoded(m, m.encode(xb)) - xb.reshape(xb.shape[0], -1)) ** 2, axis=0)[None]
 
     total = _map(sq_err, model, x, batch_size).sum(0)
     return np.maximum(np.sqrt(total / len(x)), SIGMA_FLOOR).astype(np.float32)
@@ -142,6 +155,10 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
     sigma = noise_map(ae.model, dataset.val.images, scale=scale)
     codes = {s: encode(ae.model, getattr(dataset, s).images, scale=scale) for s in ("train", "val")}
     f = config.flow
+    if len(codes["train"]) < f.batch_size:
+        raise ValueError(f"the flow stage has {len(codes['train'])} training codes, fewer than one "
+                         f"batch of config flow.batch_size={f.batch_size}: set flow.batch_size "
+                         "lower (or data.val_size, which holds out training images)")  # fmt: skip
     flow = {k: f[k] for k in ("kind", "layers", "hidden", "blocks", "bins")}
     model = build(ae.model, sigma, codes["train"], flow=flow, seed=config.training.seed)
     graphdef, params, model_state = objectives.split(model, train=False)
@@ -171,7 +188,9 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
         train={"z": codes["train"]}, mesh=mesh, eval_fn=eval_fn, progress=progress,
         model=model.spec, data_files=dataset.files,
         early_stopping=train.EarlyStopping("nll", config.flow.patience),
-        extra_meta={"stage": {"name": "latent flow", "fitted_on": fitted_on}},
+        extra_meta={"stage": {"name": "latent flow", "fitted_on": fitted_on},
+                    **({"standardization": dataset.standardization.to_dict()}
+                       if dataset.standardization is not None else {})},
     )  # fmt: skip
     best = result.state["best"]
     history = result.history
@@ -238,7 +257,7 @@ def _fns(model: models.PAE, graphdef) -> dict:
     if key not in _FNS:
 
         def decode(state, z):
-            return nnx.merge(graphdef, state).decode(z[None])[0]
+            return _decoded(nnx.merge(graphdef, state), z[None])[0]
 
         def flow(state, z):
             return nnx.merge(graphdef, state).latent_flow(z)
@@ -246,7 +265,7 @@ def _fns(model: models.PAE, graphdef) -> dict:
         def generate(state, u):
             m = nnx.merge(graphdef, state)
             z = m.flow.inverse(u) * m.code_scale[...] + m.code_loc[...]
-            return m.decode(z[None])[0]
+            return _decoded(m, z[None])[0]
 
         _FNS[key] = {"decode": decode, "flow": flow, "generate": generate}
     return _FNS[key]
@@ -305,7 +324,7 @@ def score(model: models.PAE, images, *, scale: str | None = None, map_steps: int
 
         def cheap(m, xb):
             z = m.encode(xb)
-            err = (xb.reshape(xb.shape[0], -1) - m.decode(z)) / m.sigma[...]
+            err = (xb.reshape(xb.shape[0], -1) - _decoded(m, z)) / m.sigma[...]
             rec = -0.5 * jnp.sum(err**2, axis=-1)
             dens = m.latent_log_prob(z)
             u, log_det = m.latent_flow(z)

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxae import config as jconfig
@@ -558,12 +560,18 @@ def fit(
     # --- Input: the whole dataset lives on the devices, or (above the memory budget, or a
     # record source) batches stream from the host (`jaxae.stream`).
     num_examples = stream.check_source(train)
+    lazy = isinstance(train, dict) and isinstance(train.get("image"), jdata.LazyImages)
     if isinstance(train, dict) and "image" in train:  # here, not inside a compiled step
         shape = (model or {}).get("image_shape")
-        images = jdata.check_images(train["image"], "train['image']", shape)
-        if prepare is None:
-            check_scaled(images, "train['image']")
-        train = {**train, "image": images}
+        if lazy:  # read when used, and checked as they are read (`jaxae.data.LazyImages`)
+            if shape is not None and tuple(train["image"].shape[1:]) != tuple(shape):
+                raise ValueError(f"train['image']: images {list(train['image'].shape)}, but "
+                                 f"the model takes [B, {', '.join(map(str, shape))}]")  # fmt: skip
+        else:
+            images = jdata.check_images(train["image"], "train['image']", shape)
+            if prepare is None:
+                check_scaled(images, "train['image']")
+            train = {**train, "image": images}
     steps_per_epoch = num_examples // tc.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
@@ -571,7 +579,7 @@ def fit(
             f"{tc.batch_size}: an empty epoch"
         )
     budget = stream.budget_bytes(config.data.memory_budget_mb, mesh.devices.flat)
-    streamed = not isinstance(train, dict) or stream.nbytes(train) > budget
+    streamed = lazy or not isinstance(train, dict) or stream.nbytes(train) > budget
     total = total_steps(tc, num_examples)
 
     # --- State and checkpoint.
@@ -602,6 +610,15 @@ def fit(
         if saved is not None:
             _check_resumable(saved, config, num_examples)
         step = int(state["step"])
+        if jax.process_index() == 0:
+            if resumed is not None:
+                print(f"resumed from step {step} ({workdir / 'checkpoints'})", flush=True)
+            if streamed:
+                size = stream.nbytes(train) / 2**20 if isinstance(train, dict) else None
+                what = f"takes {size:,.1f} MiB" if size is not None else "is a record source"
+                print(f"streaming batches from the host: the training set {what}, over the "
+                      f"memory budget of {budget / 2**20:,.1f} MiB (data.memory_budget_mb)",
+                      flush=True)  # fmt: skip
         # The epoch the checkpoint is inside of: its steps so far, kept in the checkpoint's meta
         # until its line is written. A run that trains on rewrites the line of a run stopped
         # inside this epoch (at max_steps) as the whole epoch's.
@@ -615,7 +632,7 @@ def fit(
                 total=total, start=step, mesh=mesh,
                 state=(saved or {}).get("data", {}).get("pipeline"),
             )  # fmt: skip
-            feed = _Streamed(parallel.data_parallel(_step_fn(update, prepare), mesh), batches)
+            feed = _Streamed(make_stream_chunk(update, mesh, prepare), batches)
         else:
             chunk_fn = make_train_chunk(update, tc.batch_size, mesh, prepare)
             feed = _InMemory(chunk_fn, parallel.replicate(train, mesh), key, steps_per_epoch)
@@ -641,8 +658,16 @@ def _check_resumable(meta: dict, config, num_examples: int) -> None:
         for k in now
         if k not in jconfig.RESUMABLE and saved.get(k) != now[k]
     ]
-    if meta.get("data", {}).get("num_examples", num_examples) != num_examples:
-        diff.append(f"num_examples: {meta['data']['num_examples']} -> {num_examples}")
+    before = meta.get("data", {}).get("num_examples", num_examples)
+    if not diff and before != num_examples:
+        raise ValueError(
+            f"cannot resume: the checkpoint was trained on {before} examples, the data now hold "
+            f"{num_examples} (files added or removed since, with the same config): a run "
+            "resumes only on the data it started on. Put the files back, or train on the new "
+            "data in a new workdir"
+        )
+    if before != num_examples:
+        diff.append(f"num_examples: {before} -> {num_examples}")
     if diff:
         raise ValueError(
             "cannot resume: the checkpoint was written by a different run ("
@@ -737,21 +762,35 @@ class _InMemory:
 
 
 class _Streamed:
-    """Steps over batches streamed from the host (`jaxae.stream.Batches`), one call each: the
-    next batch is read while the devices run the step (dispatch is asynchronous)."""
+    """Steps over batches streamed from the host (`jaxae.stream.Batches`): a few steps' batches
+    at a time, scanned by one call; the next ones are read while the devices run (dispatch is
+    asynchronous)."""
 
-    def __init__(self, step_fn, batches: stream.Batches):
-        self.step_fn, self.batches = step_fn, batches
+    def __init__(self, scan_fn, batches: stream.Batches):
+        self.scan_fn, self.batches = scan_fn, batches
 
     def __call__(self, state, step: int, n: int):
-        metrics = []
-        for _ in range(n):
-            state, m = self.step_fn(state, next(self.batches))
+        k, metrics = self.batches.steps_per_call(n), []
+        for start in range(0, n, k):
+            state, m = self.scan_fn(state, self.batches.take(min(k, n - start)))
             metrics.append(m)
-        return state, jax.tree.map(lambda *x: jnp.stack(x), *metrics)
+        return state, jax.tree.map(lambda *x: jnp.concatenate(x), *metrics)
 
     def position(self) -> dict:
         return {"pipeline": self.batches.state}
+
+
+def make_stream_chunk(update: Update, mesh=None, prepare: PrepareFn | None = None):
+    """The streamed path: ``chunk(state, batches) -> (state, metrics [k])`` scans the steps of
+    `k` host-fed batches ``{name: [k, B, ...]}`` (`jaxae.stream.Batches.take`) in one call."""
+    mesh = mesh or parallel.data_mesh()
+    train_step = _step_fn(update, prepare)
+    return jax.jit(
+        lambda state, batches: jax.lax.scan(train_step, state, batches),
+        in_shardings=(parallel.replicated(mesh), NamedSharding(mesh, P(None, "data"))),
+        out_shardings=parallel.replicated(mesh),
+        donate_argnums=0,
+    )
 
 
 class _Loop(NamedTuple):

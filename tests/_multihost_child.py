@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxae import models, objectives, parallel, train
+from jaxae import models, objectives, parallel, stream, train
 
 IMAGE_SHAPE = (8, 8, 1)
 LATENT_DIM = 4
@@ -83,6 +83,19 @@ def train_chunk(mesh) -> dict:
     return state
 
 
+def train_streamed(mesh) -> dict:
+    """The same steps with batches streamed from the host (`jaxae.stream.Batches`): each
+    process reads only its own rows of each global batch, two steps' batches per call."""
+    update, state = setup(mesh)
+    order = lambda epoch: example_order()  # noqa: E731
+    batches = stream.Batches(dataset(), order, batch_size=BATCH_SIZE, steps_per_epoch=NUM_STEPS,
+                             total=NUM_STEPS, start=0, mesh=mesh)  # fmt: skip
+    chunk = train.make_stream_chunk(update, mesh)
+    for k in (2, 2, 1):
+        state, _ = chunk(state, batches.take(k))
+    return state
+
+
 def flat_params(state) -> list[np.ndarray]:
     """The parameter leaves on the host (replicated arrays are readable on every process)."""
     return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
@@ -101,9 +114,11 @@ def main(port: int, process_id: int, num_processes: int, out: str) -> None:
         assert mesh.devices.size == jax.device_count() == num_processes * jax.local_device_count()
         step_params = flat_params(train_steps(mesh))
         chunk_params = flat_params(train_chunk(mesh))
+        streamed_params = flat_params(train_streamed(mesh))
         if jax.process_index() == 0:
             arrays = {f"step_{k}": v for k, v in enumerate(step_params)}
             arrays |= {f"chunk_{k}": v for k, v in enumerate(chunk_params)}
+            arrays |= {f"streamed_{k}": v for k, v in enumerate(streamed_params)}
             np.savez(out, **arrays)
     finally:
         jax.distributed.shutdown()

@@ -187,24 +187,26 @@ def test_evaluate_run_quick_protocol_end_to_end(vpae_run, tmp_path, monkeypatch)
     assert "| samples: gaussian |" in md and "Protocol:" in md
 
     # the reference features were cached: a second evaluation does not embed the test images
-    cached = list((tmp_path / "cache" / "fid").glob(f"fashion_mnist-test-{N}-native-*.npz"))
+    cached = list((tmp_path / "cache" / "fid").glob(f"fashion_mnist-test-{N}-28x28x1u1-*.npz"))
     assert len(cached) == 1
-    monkeypatch.setattr(evaluate, "reference_images", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(inception, "features", lambda *a, **k: 1 / 0)
     again = evaluate.reference_features("fashion_mnist", "test", N, progress=False)
     assert again.shape == (N, inception.FEATURES)
     fewer = evaluate.reference_features("fashion_mnist", "test", 5, progress=False)
     np.testing.assert_array_equal(fewer, again[:5])  # the first images of a larger count
+    with pytest.raises(ZeroDivisionError):  # padded to 32 x 32: other images, embedded
+        evaluate.reference_features("fashion_mnist", "test", N, pad_to_32=True, progress=False)
 
 
 def test_a_corrupt_reference_cache_is_recomputed(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path))
-    digest = inception.weights_sha256()[:16]
-    bad = tmp_path / "fid" / f"mnist-test-4-native-{digest}.npz"
-    bad.parent.mkdir(parents=True)
+    feats = evaluate.reference_features("mnist", "test", 4, progress=False)
+    assert feats.shape == (4, inception.FEATURES) and np.all(feats >= 0)
+    (bad,) = (tmp_path / "fid").glob("mnist-test-4-28x28x1u1-*.npz")
     bad.write_bytes(b"not an npz")
     with pytest.warns(UserWarning, match="ignoring unreadable reference features"):
-        feats = evaluate.reference_features("mnist", "test", 4, progress=False)
-    assert feats.shape == (4, inception.FEATURES) and np.all(feats >= 0)
+        again = evaluate.reference_features("mnist", "test", 4, progress=False)
+    np.testing.assert_array_equal(again, feats)
     with np.load(bad) as z:  # rewritten whole
         np.testing.assert_array_equal(z["features"], feats)
     with pytest.raises(ValueError, match="fewer than 20000"):

@@ -559,3 +559,15 @@ def test_protocol_note():
     assert "quick" in quick and "not comparable" in quick
     with pytest.raises(ValueError, match="n_samples"):
         metrics.protocol_note(0, 10_000)
+
+
+def test_fid_with_fewer_samples_than_features_takes_the_low_rank_route_exactly():
+    """n <= d: the SVD of the [n, m] cross product gives the d x d formula's distance (to its
+    rounding: the d x d route sums square roots of clipped ~1e-15 eigenvalues of rank-deficient
+    products)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(20, 64)) + 0.3
+    b = rng.normal(size=(15, 64)) @ rng.normal(size=(64, 64)) / 8
+    want = metrics.frechet_distance(*metrics.gaussian_stats(a), *metrics.gaussian_stats(b))
+    assert metrics.fid(a, b, quick=True) == pytest.approx(want, rel=1e-7)
+    assert metrics.fid(a, a, quick=True) == pytest.approx(0.0, abs=1e-9)

@@ -1,4 +1,5 @@
-"""Two real JAX processes on localhost train like one: the multi-host path of `jaxae.parallel`.
+"""Two real JAX processes on localhost train like one: the multi-host path of `jaxae.parallel`
+(and of `jaxae.stream`: each process streams only its own rows).
 
 Each child (`_multihost_child.py`) joins a 2-process cluster with `jax.distributed.initialize`
 (CPU collectives through gloo, 2 CPU devices each), builds the global 4-device mesh and feeds
@@ -101,7 +102,7 @@ def test_two_processes_match_one(request):
     assert out.exists(), f"process 0 wrote no parameters:\n{logs}"
     with np.load(out) as f:
         multi = {k: f[k] for k in f.files}
-    num_leaves = len(multi) // 2
+    num_leaves = len(multi) // 3
 
     mesh = parallel.data_mesh()  # this process's 4 CPU devices
     assert mesh.devices.size == 4
@@ -116,6 +117,7 @@ def test_two_processes_match_one(request):
         for name, got, want in [
             ("2-process step", multi[f"step_{k}"], single_step[k]),
             ("2-process scan", multi[f"chunk_{k}"], single_step[k]),
+            ("2-process streamed", multi[f"streamed_{k}"], single_step[k]),
             ("1-process scan", single_chunk[k], single_step[k]),
         ]:
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name}, leaf {k}")

@@ -199,9 +199,9 @@ def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
     ae = checkpoint.restore_params(workdir, stage=1).model
     hint = (
         r"plain autoencoder .* latent flow was never fitted, or restored with stage=1: restore "
-        r"the run without stage= for the PAE .*; if its flow was never fitted, fit it with "
-        r"`python -m experiments\.train --config experiments/configs/pae\.py:K .*fit_flow.* "
-        r"restore the run again"
+        r"the run without stage= for the PAE .*; if its flow was never fitted, train a PAE, "
+        r"both stages .*`python -m experiments\.train --config experiments/configs/pae\.py:K "
+        r".*fit_flow.* restore the run again"
     )
     from jaxae import inpaint
 

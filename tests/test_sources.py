@@ -113,6 +113,33 @@ def test_missing_path_and_unknown_name(tmp_path):
         data.load("cifar10")
 
 
+def test_folder_over_the_memory_budget_is_read_when_used(tmp_path, class_folder):
+    kw = dict(image_size=8, channels=1, val_size=5, transform="hflip", pad_to_32=True, seed=3)
+    eager = data.load(str(class_folder), **kw)
+    lazy = data.load(str(class_folder), **kw, memory_budget=39 * 64)  # the 40 8x8x1 images
+    images = lazy.train.images
+    assert isinstance(images, data.LazyImages) and images.shape == (31, 32, 32, 1)
+    assert images.nbytes == 31 * 32 * 32
+    np.testing.assert_array_equal(np.asarray(images), eager.train.images)
+    np.testing.assert_array_equal(images[np.array([4, 0, 4])], eager.train.images[[4, 0, 4]])
+    np.testing.assert_array_equal(images[-1], eager.train.images[-1])
+    for split in ("val", "test"):  # held-out images are read whole, as without a budget
+        assert isinstance(getattr(lazy, split).images, np.ndarray)
+        np.testing.assert_array_equal(getattr(lazy, split).images, getattr(eager, split).images)
+    fits = data.load(str(class_folder), **kw, memory_budget=40 * 64)
+    assert isinstance(fits.train.images, np.ndarray)
+    # a file that breaks after the listing is named when its batch reads it
+    name = sorted((class_folder / "cat").iterdir())[0]
+    name.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=rf"cannot read image .*{name.name}.*Fix or remove"):
+        np.asarray(images)
+    # mixed sizes without data.image_size are refused from the files' headers
+    write_pngs(class_folder / "cat", rgb(1, 16), suffix="_small.png")
+    name.unlink()
+    with pytest.raises(ValueError, match="images of different sizes: .* Set data.image_size"):
+        data.load(str(class_folder), memory_budget=1)
+
+
 def test_empty_folder_names_it_and_the_extensions(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images")
@@ -199,6 +226,15 @@ def test_tfds_prepared_locally_with_and_without_a_test_split(tmp_path):
     _tiny_tfds(tmp_path / "b", {"train": 20})
     ds = data.load("tfds:tiny_images", data_dir=tmp_path / "b", test_fraction=0.2)
     assert len(ds.train.images) == 16 and len(ds.test.images) == 4
+    # over the memory budget, the training records are read when used: the same images
+    lazy = data.load("tfds:tiny_images", data_dir=tmp_path / "b", test_fraction=0.2,
+                     val_size=3, memory_budget=100)  # fmt: skip
+    assert isinstance(lazy.train.images, data.LazyImages) and lazy.train.images.shape[0] == 13
+    eager = data.load("tfds:tiny_images", data_dir=tmp_path / "b", test_fraction=0.2, val_size=3)
+    for a, b in zip(lazy, eager, strict=True):
+        if isinstance(a, data.Split):
+            np.testing.assert_array_equal(np.asarray(a.images), b.images)
+            np.testing.assert_array_equal(a.labels, b.labels)
 
 
 def test_tfds_not_prepared_says_where_it_looked_and_how_to_prepare(tmp_path):
@@ -233,9 +269,20 @@ def test_config_takes_the_data_fields():
             jconfig.make(data={field: value})
 
 
-def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, class_folder):
+@pytest.fixture(scope="module")
+def folder_2000(tmp_path_factory):
+    """2,000 RGB 32x32 PNG images in two class subfolders."""
+    root = tmp_path_factory.mktemp("folder2000") / "images"
+    write_pngs(root / "a", rgb(1000, seed=5))
+    write_pngs(root / "b", rgb(1000, seed=6))
+    return root
+
+
+def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, folder_2000):
+    class_folder = folder_2000
+    # a memory budget under the folder's size: its images are read when used, batches streamed
     config = jconfig.make(
-        data=dict(dataset=str(class_folder)),
+        data=dict(dataset=str(class_folder), memory_budget_mb=1.0),
         model=dict(arch="dense", width=8, latent_dim=2),
         training=dict(batch_size=8, epochs=1, max_steps=2),
     )
@@ -245,6 +292,8 @@ def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, class_
     assert summary["data_files"] == [str(class_folder)]
     again = etrain.train_and_evaluate(config, workdir, progress=False)
     assert again["steps"] == 2 and again["resumed_from"] == 2
+    meta = json.loads((workdir / "checkpoints" / "2" / "meta" / "metadata").read_text())
+    assert meta["data"]["streamed"] and meta["data"]["pipeline"] == {"next_index": 2}
     # its samplers are fitted to the codes of the folder's own training split, not a dataset's
     evaluate.fit_sampler(workdir, "gaussian")
     fitted = json.loads((workdir / "samplers" / "gaussian" / "fitted_on.json").read_text())
@@ -252,6 +301,25 @@ def test_train_on_a_folder_resume_and_refuse_another_image_size(tmp_path, class_
     config.data.image_size = 32  # the images' own size: the same model, another config
     with pytest.raises(ValueError, match=r"cannot resume.*data\.image_size: 0 -> 32"):
         etrain.train_and_evaluate(config, workdir, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["npz", "tfds"])
+def test_train_on_an_npz_and_a_tfds_data_set_and_resume(tmp_path, kind):
+    if kind == "npz":
+        np.savez(tmp_path / "x.npz", images=rgb(40, 16, seed=7), labels=np.arange(40) % 3)
+        dataset = str(tmp_path / "x.npz")
+    else:
+        _tiny_tfds(tmp_path / "tfds", {"train": 40, "test": 8})
+        dataset = "tfds:tiny_images"
+    config = jconfig.make(data=dict(dataset=dataset), model=dict(arch="mlp", latent_dim=2),
+                          training=dict(batch_size=8, epochs=1, max_steps=2))  # fmt: skip
+    first = etrain.train_and_evaluate(config, tmp_path / "run", data_dir=tmp_path / "tfds",
+                                      progress=False)  # fmt: skip
+    assert first["steps"] == 2 and first["model"]["image_shape"] == [16, 16, 3]
+    config.training.max_steps = 3
+    again = etrain.train_and_evaluate(config, tmp_path / "run", data_dir=tmp_path / "tfds",
+                                      progress=False)  # fmt: skip
+    assert again["resumed_from"] == 2 and again["steps"] == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,18 @@ def config(path, head, **data_fields):
     )
 
 
+@pytest.fixture(scope="module")
+def normal_run(tmp_path_factory):
+    """(run, its table file, the table, its config, its summary): the normal_diag head trained
+    2 steps on `table()`, shared by the tests that read it."""
+    tmp = tmp_path_factory.mktemp("vectors")
+    x = table()
+    np.savez(tmp / "table.npz", images=x, labels=np.arange(len(x)) % 2)
+    c = config(tmp / "table.npz", "normal_diag")
+    summary = etrain.train_and_evaluate(c, tmp / "run", progress=False)
+    return tmp / "run", tmp / "table.npz", x, c, summary
+
+
 def test_a_table_is_standardized_by_its_training_split(vectors):
     path, x = vectors
     ds = data.load(str(path), val_size=20)
@@ -55,11 +67,8 @@ def test_a_table_is_standardized_by_its_training_split(vectors):
     assert s.log_det == pytest.approx(np.log(train_rows.std(0)).sum(), rel=1e-6)
 
 
-def test_train_normal_diag_resume_and_evaluate_in_the_data_units(tmp_path, vectors):
-    path, x = vectors
-    c = config(path, "normal_diag")
-    run = tmp_path / "run"
-    summary = etrain.train_and_evaluate(c, run, progress=False)
+def test_train_normal_diag_resume_and_evaluate_in_the_data_units(normal_run):
+    run, _, x, c, summary = normal_run
     assert summary["steps"] == 2 and summary["model"]["image_shape"] == [7]
     assert summary["reconstructions"] is None and "test_psnr_db" not in summary
     again = etrain.train_and_evaluate(c, run, progress=False)
@@ -87,6 +96,32 @@ def test_train_normal_diag_resume_and_evaluate_in_the_data_units(tmp_path, vecto
     # Samples come back in the data's units (features about 100, not standardized ones near 0)
     drawn = evaluate.sample(run, "prior", jax.random.PRNGKey(0), 50)
     assert drawn.shape == (50, 7) and abs(drawn.mean() - x.mean()) < 0.5 * x.std()
+
+
+def test_evaluating_after_the_table_was_replaced_is_refused(normal_run, tmp_path):
+    """The training split's statistics are saved with the run; a table replaced by other values
+    of the same shape gives others, which evaluation refuses instead of silently using them."""
+    run, path, x, c, summary = normal_run
+    saved = evaluate.restore(run).meta["standardization"]
+    assert saved["mean"] == summary["standardization"]["mean"]
+    original = path.read_bytes()
+    try:
+        np.savez(path, images=table(seed=1), labels=np.arange(len(x)) % 2)
+        match = (r"\(data\.dataset='.*table\.npz'\): the training split's mean and std differ "
+                 r"from those saved with the run \(feature \d+: mean .*; 7 of 7 features "
+                 r"changed\): the data file was replaced .*Put back the file it was trained on, "
+                 r"or train a new run on the new data")  # fmt: skip
+        with pytest.raises(evaluate.StandardizationChangedError, match=match):
+            evaluate.evaluate_run(run, progress=False, out=tmp_path / "eval")
+        with pytest.raises(evaluate.StandardizationChangedError):
+            evaluate.sample(run, "prior", jax.random.PRNGKey(0), 3)
+        with pytest.raises(SystemExit) as e:  # the command line: one line, exit status 2
+            evaluate.main(["--run", str(run), "--no-fid", "--out", str(tmp_path / "cli")])
+        assert e.value.code == 2
+    finally:
+        path.write_bytes(original)
+    assert not (tmp_path / "eval").exists()
+    evaluate.evaluate_run(run, fid=False, progress=False, out=tmp_path / "eval")  # as trained
 
 
 @pytest.mark.parametrize("head", ["t_diag", "mse"])
