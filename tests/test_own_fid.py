@@ -131,7 +131,7 @@ def test_reference_images_of_a_source_and_its_named_errors(own, tmp_path):
     images = evaluate.reference_images(section, "test", N)
     assert images.shape == (N, *SHAPE) and images.dtype == np.uint8
     np.testing.assert_array_equal(evaluate.reference_images(section.dataset, "test", N), images)
-    with pytest.raises(ValueError, match=r"mine test has 8 images, fewer than 9 asked"):
+    with pytest.raises(ValueError, match=r"mine test has 8 images, fewer than the 9 asked"):
         evaluate.reference_images(section, "test", N + 1)
     with pytest.raises(ValueError, match=r"pads by its own pad_to_32 field"):
         evaluate.reference_images(section, "test", N, pad_to_32=True)

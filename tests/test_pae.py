@@ -234,10 +234,13 @@ def test_flow_stage_is_marked_without_a_progress_bar(fitted_run, capsys):
     pae.fit_flow(config, workdir, dataset=ds, progress=False)  # resumes the finished stage
     step = checkpoint.restore_params(workdir, stage=1).step
     out = capsys.readouterr().out
-    assert out.splitlines() == [
+    assert out.splitlines()[0] == (
         f"flow stage: fitting realnvp on {len(ds.train.images)} codes of the autoencoder at step "
         f"{step} -> {workdir / 'stage2'}"
-    ]
+    )
+    resumed = out.splitlines()[1:]  # the finished stage, resumed from its last checkpoint
+    assert len(resumed) == 1 and resumed[0].startswith("resumed from step ")
+    assert resumed[0].endswith(f"({workdir / 'stage2' / 'checkpoints'})")
 
 
 def test_a_single_or_channels_first_image_is_named(fitted_run):

@@ -87,8 +87,8 @@ def test_image_size_resizes_with_pil_bilinear_and_channels_convert(tmp_path):
     folder = write_pngs(tmp_path / "mixed", images[:6])
     write_pngs(tmp_path / "other", [rgb(1, 20)[0]])
     (tmp_path / "other" / "000.png").rename(folder / "big.png")
-    with pytest.raises(ValueError, match=r"different sizes: .*000\.png is 32x32, .*big\.png is "
-                                         r"20x20\. Set data\.image_size"):  # fmt: skip
+    sizes = r"different sizes: .*000\.png is 32x32, .*big\.png is 20x20 \(height x width\)\. Set"
+    with pytest.raises(ValueError, match=sizes):
         data.load(str(folder))
     test = write_pngs(tmp_path / "test", images[6:])
     ds = data.load(str(folder), test=str(test), image_size=16, channels=1)
