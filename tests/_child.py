@@ -110,6 +110,23 @@ def start(jobs: list[tuple[str, Callable]]) -> None:
     threading.Thread(target=work, name="test-children", daemon=True).start()
 
 
+def build(module_file: str, function: str, timeout: int = 600) -> Path:
+    """Run ``function(folder)`` of the test module `module_file` in a child process, on a new
+    scratch folder, and return the folder: a fixture that trains a run does so in the
+    background (its module's ``BACKGROUND``) while other tests go on."""
+    folder = scratch()
+    module = Path(module_file)
+    code = (f"import sys, pathlib; sys.path.insert(0, {str(module.parent)!r}); "
+            f"import {module.stem} as m; m.{function}(pathlib.Path({str(folder)!r}))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = run([sys.executable, "-c", code], timeout, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module.stem}.{function} failed in its child process "
+                           f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")  # fmt: skip
+    return folder
+
+
 def jobs(items) -> list[tuple[str, Callable]]:
     """The (key, function) of every ``BACKGROUND`` entry that a collected test uses (by its
     name or a fixture's), in the order the tests run."""

@@ -5,6 +5,7 @@ Normal head (raw outputs: a mixture logit, the means, the scales), whose noise m
 Laplace decoder read the head's mean. One tiny run shared by the file."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -16,6 +17,9 @@ from experiments import train as etrain
 from jaxae import checkpoint, evaluate, inception, pae
 from jaxae import config as jconfig
 from jaxae import data as jdata
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _child  # noqa: E402
 
 N = 8  # test images: the folder's 10% test split of 80 (k-NN precision needs more than 3)
 SHAPE = (32, 32, 3)
@@ -33,18 +37,25 @@ def write_folder(folder, n=80, seed=0):
     return folder
 
 
-@pytest.fixture(scope="module")
-def own(tmp_path_factory):
-    """A run folder: a dense autoencoder with the normal_diag head trained 2 steps on the
-    folder."""
-    tmp = tmp_path_factory.mktemp("own_fid")
+def build_own(tmp: Path) -> None:
+    """In tmp/run: a dense autoencoder with the normal_diag head trained 2 steps on the folder
+    tmp/mine."""
     config = jconfig.make(
         data=dict(dataset=str(write_folder(tmp / "mine")), val_size=16),
         model=dict(kind="ae", arch="dense", width=8, head="normal_diag", latent_dim=2),
         training=dict(batch_size=16, epochs=1, max_steps=2),
     )
     etrain.train_and_evaluate(config, tmp / "run", progress=False)
-    return tmp / "run"
+
+
+# the run is trained in a child process, in the background while other tests go on
+BACKGROUND = {"own": lambda: _child.build(__file__, "build_own")}
+
+
+@pytest.fixture(scope="module")
+def own():
+    """The run folder of `build_own`."""
+    return _child.result(__file__, "own", BACKGROUND) / "run"
 
 
 def test_a_pae_on_a_normal_head_reads_the_heads_mean(own):

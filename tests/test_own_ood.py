@@ -5,6 +5,8 @@ split against other folders, with the named errors of that mode."""
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,9 @@ from jaxae import checkpoint, inpaint, models, pae
 from jaxae import config as jconfig
 from jaxae import data as jdata
 
+sys.path.insert(0, str(Path(__file__).parent))
+import _child  # noqa: E402
+
 SHAPE = (32, 32, 3)
 
 
@@ -30,14 +35,12 @@ def write_folder(folder, colour, n, size=32, seed=0):
     return folder
 
 
-@pytest.fixture(scope="module")
-def own(tmp_path_factory):
-    """(run folder, outlier folder): a conv PAE (K=2, width 4) trained for 2 steps, its flow
-    for 2, on 64 images of two colour classes (6 held out as the test split)."""
-    tmp = tmp_path_factory.mktemp("own")
+def build_own(tmp: Path) -> None:
+    """In `tmp`: a conv PAE (K=2, width 4) trained for 2 steps, its flow for 2, on 64 images of
+    two colour classes in mine/ (6 held out as the test split); other/, the outliers."""
     write_folder(tmp / "mine" / "red", (200, 40, 40), 32, seed=1)
     write_folder(tmp / "mine" / "blue", (40, 40, 200), 32, seed=2)
-    other = write_folder(tmp / "other", (40, 200, 40), 12, size=40, seed=3)  # resized to 32
+    write_folder(tmp / "other", (40, 200, 40), 12, size=40, seed=3)  # resized to 32
     config = jconfig.make(
         data=dict(dataset=str(tmp / "mine"), val_size=16, scale="centered"),
         model=dict(kind="ae", arch="conv", width=4, latent_dim=2),
@@ -45,7 +48,17 @@ def own(tmp_path_factory):
         flow=dict(epochs=1, layers=2, hidden=8, batch_size=16, patience=1),
     )
     etrain.train_and_evaluate(config, tmp / "run", progress=False)
-    return tmp / "run", other
+
+
+# the run is trained in a child process, in the background while other tests go on
+BACKGROUND = {"own": lambda: _child.build(__file__, "build_own")}
+
+
+@pytest.fixture(scope="module")
+def own():
+    """(run folder, outlier folder) of `build_own`."""
+    tmp = _child.result(__file__, "own", BACKGROUND)
+    return tmp / "run", tmp / "other"
 
 
 def test_trained_on_a_colour_folder_its_figures_noise_map_and_scores_are_rgb(own):

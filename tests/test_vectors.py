@@ -4,6 +4,8 @@ Student-t head (or the plain autoencoder), resumed, and evaluated in the data's 
 the named errors of tables and of image options on them. All on tiny generated tables."""
 
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,6 +15,9 @@ from scipy import stats
 from experiments import train as etrain
 from jaxae import config as jconfig
 from jaxae import data, evaluate
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _child  # noqa: E402
 
 
 def table(n=200, d=7, seed=0):
@@ -36,16 +41,26 @@ def config(path, head, **data_fields):
     )
 
 
-@pytest.fixture(scope="module")
-def normal_run(tmp_path_factory):
-    """(run, its table file, the table, its config, its summary): the normal_diag head trained
-    2 steps on `table()`, shared by the tests that read it."""
-    tmp = tmp_path_factory.mktemp("vectors")
+def build_normal_run(tmp: Path) -> None:
+    """In tmp: table.npz of `table()`, and run/, the normal_diag head trained 2 steps on it."""
     x = table()
     np.savez(tmp / "table.npz", images=x, labels=np.arange(len(x)) % 2)
+    etrain.train_and_evaluate(config(tmp / "table.npz", "normal_diag"), tmp / "run",
+                              progress=False)  # fmt: skip
+
+
+# the run is trained in a child process, in the background while other tests go on
+BACKGROUND = {"normal_run": lambda: _child.build(__file__, "build_normal_run")}
+
+
+@pytest.fixture(scope="module")
+def normal_run():
+    """(run, its table file, the table, its config, its summary) of `build_normal_run`, shared
+    by the tests that read it."""
+    tmp = _child.result(__file__, "normal_run", BACKGROUND)
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
     c = config(tmp / "table.npz", "normal_diag")
-    summary = etrain.train_and_evaluate(c, tmp / "run", progress=False)
-    return tmp / "run", tmp / "table.npz", x, c, summary
+    return tmp / "run", tmp / "table.npz", table(), c, summary
 
 
 def test_a_table_is_standardized_by_its_training_split(vectors):
