@@ -628,9 +628,15 @@ def evaluate_run(
                                     "precision/recall or samples, which are of images (Inception "
                                     "features)")  # fmt: skip
         fid = False
-    if num_samples > len(ds.test.images) and not vectors:
-        raise ValueError(f"{dc.dataset} test has {len(ds.test.images)} images, fewer than "
-                         f"{num_samples} asked")  # fmt: skip
+    n_test = len(ds.test.images)
+    if num_samples > n_test and not vectors:
+        if fid:
+            raise ValueError(f"{dc.dataset} test has {n_test} images, fewer than the "
+                             f"{num_samples} samples asked: FID compares as many samples as "
+                             f"test images; pass --quick --samples {n_test} (marked: FIDs at "
+                             "other counts are not comparable), or --no-fid for the "
+                             f"reconstruction error (and likelihood) of all {n_test}")  # fmt: skip
+        num_samples = n_test  # without FID: every test image
     test = ds.test.images[:num_samples]  # the images the reference features are of
     mesh = parallel.data_mesh()
 

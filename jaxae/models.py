@@ -413,9 +413,12 @@ class NotFittedError(RuntimeError):
 # How a run gets its PAE second stage: said by every error about a missing or unfitted flow.
 FIT_FLOW_HINT = (
     "train a PAE, both stages in one run folder: `python -m experiments.train --config "
-    "experiments/configs/pae.py:K --workdir <new run>` (config flow.epochs > 0 and "
-    "data.val_size > 0); or fit a flow on the codes of this trained autoencoder from Python, "
-    "`jaxae.pae.fit_flow(config, run, dataset=...)` with a config whose flow.epochs > 0, then "
+    "experiments/configs/pae.py:K` with the run's own --config.data.* flags (config "
+    "flow.epochs > 0 and data.val_size > 0), in a new --workdir or, for a run of that config, "
+    "its own (it resumes the autoencoder and fits the flow); or fit a flow on the codes of this "
+    "trained autoencoder from Python: `config = jaxae.checkpoint.restore_params(run).config`, "
+    "set config.flow.epochs (and flow.batch_size, data.val_size), then `jaxae.pae.fit_flow("
+    "config, run, dataset=jaxae.data.load_config(config.data, seed=config.training.seed))` and "
     "restore the run again (`jaxae.checkpoint.restore_params(run)` gives the PAE)"
 )
 

@@ -96,6 +96,13 @@ def test_evaluate_run_gives_the_fid_of_a_run_on_an_rgb_folder(own, tmp_path, mon
         feats = z["features"]
     monkeypatch.setattr(inception, "features", lambda *a, **k: 1 / 0)  # read, not embedded
     np.testing.assert_array_equal(evaluate.image_features(ds.test.images[:N]), feats)
+    # the protocol's count on a test split this small: the fix is named; without FID, every
+    # test image is scored
+    with pytest.raises(ValueError, match=rf"test has {N} images, fewer than the 10000 .* "
+                                         rf"--quick --samples {N} .* or --no-fid"):  # fmt: skip
+        evaluate.evaluate_run(own, progress=False, out=tmp_path / "eval2")
+    plain = evaluate.evaluate_run(own, fid=False, progress=False, out=tmp_path / "eval3")
+    assert plain["reconstruction"]["num_images"] == N
 
 
 def _fake_features(calls):

@@ -200,8 +200,8 @@ def test_a_plain_autoencoder_run_says_how_to_fit_its_flow(fitted_run):
     hint = (
         r"plain autoencoder .* latent flow was never fitted, or restored with stage=1: restore "
         r"the run without stage= for the PAE .*; if its flow was never fitted, train a PAE, "
-        r"both stages .*`python -m experiments\.train --config experiments/configs/pae\.py:K "
-        r".*fit_flow.* restore the run again"
+        r"both stages .*`python -m experiments\.train --config experiments/configs/pae\.py:K` "
+        r"with the run's own --config\.data\.\* flags .*fit_flow.* restore the run again"
     )
     from jaxae import inpaint
 

@@ -387,3 +387,13 @@ def test_train_and_evaluate_binarized_images_with_the_bernoulli_head(tmp_path):
     logits = np.asarray(model.decode(model.encode(ds.test.images)), np.float64)
     pmf = stats.bernoulli.logpmf(ds.test.images.reshape(6, -1), 1 / (1 + np.exp(-logits)))
     assert lik["nats_per_image"] == pytest.approx(-pmf.sum(1).mean(), rel=1e-4)
+
+
+def test_a_flow_batch_larger_than_the_folder_is_refused_before_training(tmp_path, class_folder):
+    config = jconfig.make(data=dict(dataset=str(class_folder), val_size=4),
+                          model=dict(arch="mlp", latent_dim=2),
+                          flow=dict(epochs=1, batch_size=256))  # fmt: skip
+    with pytest.raises(ValueError, match=r"32 training codes, fewer than one batch of config "
+                                         r"flow\.batch_size=256"):  # fmt: skip
+        etrain.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
