@@ -968,6 +968,16 @@ def _tfds_builder(name: str, data_dir):
         why = "" if builder.is_prepared() else f" (nothing in {builder.data_path})"
     except Exception as e:  # an unknown name or config: tfds' own message, first line
         builder, why = None, f" (tensorflow-datasets: {str(e).splitlines()[0]})"
+        base = name.split("/")[0].split(":")[0]
+        known = tfds.list_builders(with_community_datasets=False)
+        if base not in known:  # no such data set at all: no point in building it
+            close = difflib.get_close_matches(base, known, n=3)
+            hint = f"; did you mean {', '.join(f'tfds:{c}' for c in close)}?" if close else ""
+            raise DatasetNotFoundError(
+                f"tfds:{name}: tensorflow-datasets has no data set named {base!r}, and none is "
+                f"prepared in {where}{hint} (its catalog: "
+                "https://www.tensorflow.org/datasets/catalog)"
+            ) from None
     if why:
         raise DatasetNotFoundError(
             f"tfds:{name} is not prepared in {where}, the folder tensorflow-datasets looked in"

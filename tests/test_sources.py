@@ -5,7 +5,10 @@ on a folder, resumed. All on tiny generated data."""
 
 import json
 import pickle
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -212,7 +215,10 @@ def _tiny_tfds(data_dir, splits):
             for i, x in enumerate(rgb(n, 16, seed=n)):
                 yield i, {"image": x, "label": i % 2}
 
+    before = set(Path(tempfile.gettempdir()).glob("tmp*tfds"))
     TinyImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    for left in set(Path(tempfile.gettempdir()).glob("tmp*tfds")) - before:
+        shutil.rmtree(left, ignore_errors=True)  # tfds' DatasetInfo leaves its temporary folder
 
 
 def test_tfds_prepared_locally_with_and_without_a_test_split(tmp_path):
@@ -239,11 +245,15 @@ def test_tfds_prepared_locally_with_and_without_a_test_split(tmp_path):
 
 def test_tfds_not_prepared_says_where_it_looked_and_how_to_prepare(tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    for name in ("mnist", "no_such_set"):
-        message = (rf"tfds:{name} is not prepared in {tmp_path}, the folder .*never downloads"
-                   rf".*tfds build {name} --data_dir DIR")  # fmt: skip
-        with pytest.raises(data.DatasetNotFoundError, match=message):
-            data.load(f"tfds:{name}", data_dir=tmp_path)
+    message = (rf"tfds:mnist is not prepared in {tmp_path}, the folder .*never downloads"
+               rf".*tfds build mnist --data_dir DIR")  # fmt: skip
+    with pytest.raises(data.DatasetNotFoundError, match=message):
+        data.load("tfds:mnist", data_dir=tmp_path)
+    # a name tfds does not know: no build command, the close names
+    message = (rf"tfds:fashion_mnst: tensorflow-datasets has no data set named 'fashion_mnst', "
+               rf"and none is prepared in {tmp_path}; did you mean tfds:fashion_mnist")  # fmt: skip
+    with pytest.raises(data.DatasetNotFoundError, match=message):
+        data.load("tfds:fashion_mnst", data_dir=tmp_path)
 
 
 def test_tfds_tfrecord_files_without_tensorflow_say_how_to_read_them(monkeypatch):
