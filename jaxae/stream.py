@@ -97,7 +97,7 @@ def check_source(source) -> int:
 
 
 class _Batch:
-    """Step -> this process's rows of the step's global batch (a picklable grain map)."""
+    """Step -> this process's rows of the step's global batch (called by grain's readers)."""
 
     def __init__(self, source, order: Callable[[int], np.ndarray], batch_size: int,
                  steps_per_epoch: int):  # fmt: skip
