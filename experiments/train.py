@@ -48,8 +48,9 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     mesh = parallel.data_mesh()
 
     # --- Input: any source `data.dataset` names (a built-in name, tfds:NAME, an .npz file of
-    # images or of vectors, an image folder), in host memory; the model takes its images' shape
-    # (below). Vectors come standardized (`jaxae.data.Standardization`).
+    # images or of vectors, an image folder), in host memory or, over data.memory_budget_mb, a
+    # folder's or tfds' training images read when used (`jaxae.data.LazyImages`); the model takes
+    # its images' shape (below). Vectors come standardized (`jaxae.data.Standardization`).
     ds = jdata.load_config(dc, seed=tc.seed, data_dir=data_dir)
     jconfig.check_data(config, ds)
     vectors = ds.standardization is not None
