@@ -165,16 +165,11 @@ def load_outlier(spec: str, shape, *, data_dir=None, image_size: int = 0,
     what = f"--outlier {name}"
     h, w, c = (int(d) for d in shape)
     size = image_size if pad_to_32 else (h if h == w else 0)
-    try:
-        kind = jdata.parse_source(source).kind
-        # A folder or file is all outliers: read it as its own test set, so nothing is split off.
-        whole = source if kind in ("folder", "npz") else ""
-        images = jdata.load(source, data_dir=data_dir, test=whole, image_size=size,
-                            channels=c).test.images  # fmt: skip
-    except (jdata.DatasetNotFoundError, ValueError, TypeError) as e:
-        # The readers name the source as a config's data.dataset; here it is an --outlier.
+    try:  # a folder or file is all outliers: nothing is split off
+        images = jdata.read_all(source, image_size=size, channels=c, data_dir=data_dir)
+    except (jdata.DatasetNotFoundError, ValueError, TypeError) as e:  # the readers name `source`
         error = jdata.DatasetNotFoundError if isinstance(e, FileNotFoundError) else type(e)
-        raise error(f"{what}: {str(e).replace(f'data.dataset={source!r}', source)}") from None
+        raise error(f"{what}: {e}") from None
     if pad_to_32 and max(images.shape[1:3]) <= 32:
         images = jdata.pad32(images)
     if images.shape[1:] != (h, w, c):

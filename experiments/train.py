@@ -61,11 +61,8 @@ def train_and_evaluate(config, workdir, *, data_dir=None, progress: bool = True)
     # --- Stages: a later stage of this run (the PAE's flow, <workdir>/stage2) was fitted on one
     # checkpoint of this training; training past it would leave that stage on a model that no
     # longer exists, so refuse before training (and if the stages already disagree).
-    if config.flow.epochs and len(ds.train.images) < config.flow.batch_size:  # before training
-        raise ValueError(f"the flow stage would have {len(ds.train.images)} training codes, fewer "
-                         f"than one batch of config flow.batch_size={config.flow.batch_size}: set "
-                         "flow.batch_size lower (or data.val_size, which holds out training "
-                         "images)")  # fmt: skip
+    if config.flow.epochs:  # before the autoencoder trains
+        pae.check_flow_batch(config, len(ds.train.images))
     checkpoint.check_stages(workdir)
     fitted_on = checkpoint.depended_steps(workdir)
     target = train.total_steps(tc, len(ds.train.images))

@@ -1132,17 +1132,26 @@ def conform(images, names, image_size: int = 0, channels: int = 0) -> np.ndarray
     Raises:
       ValueError: images of different sizes with `image_size` 0, naming two of them.
     """
-    c = channels or (1 if all(x.shape[-1] == 1 for x in images) else 3)
-    one = _conformer(image_size, c)
+    one = _conformer(image_size, _channels(channels, [x.shape for x in images]))
     out = [one(x, name) for x, name in zip(images, names, strict=True)]
     if not image_size:
-        for i, x in enumerate(out):
-            if x.shape[:2] != out[0].shape[:2]:
-                (h0, w0), (h, w) = out[0].shape[:2], x.shape[:2]
-                raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} "
-                                 f"is {h}x{w} (height x width). Set data.image_size to "
-                                 "resize them all to one size")  # fmt: skip
+        _check_one_size([x.shape for x in out], names)
     return np.stack(out)
+
+
+def _channels(channels: int, shapes) -> int:
+    """`channels`, or (0) 1 if every image of `shapes` [(H, W, C), ...] is grey, else 3."""
+    return channels or (1 if all(sh[-1] == 1 for sh in shapes) else 3)
+
+
+def _check_one_size(shapes, names) -> None:
+    """A ValueError naming two images of `shapes` [(H, W, ...), ...] of different sizes."""
+    i = next((i for i, sh in enumerate(shapes) if sh[:2] != shapes[0][:2]), None)
+    if i is not None:
+        (h0, w0), (h, w) = shapes[0][:2], shapes[i][:2]
+        raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} is "
+                         f"{h}x{w} (height x width). Set data.image_size to resize them all to "
+                         "one size")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1346,7 +1355,7 @@ def load(
     else:
 
         def fits(shapes) -> bool:  # the bytes of the training images as `conform` makes them
-            c = channels or (1 if all(sh[2] == 1 for sh in shapes) else 3)
+            c = _channels(channels, shapes)
             pixels = sum(image_size**2 if image_size else h * w for h, w, _ in shapes)
             return memory_budget is None or pixels * c <= memory_budget
 
@@ -1387,14 +1396,9 @@ def _lazy_dataset(name, raw_train: _Images, raw_test: _Images, image_size, chann
     lazy = raw_train.images
     held = raw_test.images
     shapes = lazy.shapes + (held.shapes if isinstance(held, _Lazy) else [x.shape for x in held])
-    if not image_size and len({sh[:2] for sh in shapes}) > 1:
-        i = next(i for i, sh in enumerate(shapes) if sh[:2] != shapes[0][:2])
-        h0, w0 = shapes[0][:2]
-        names = raw_train.names + raw_test.names
-        raise ValueError(f"images of different sizes: {names[0]} is {h0}x{w0}, {names[i]} is "
-                         f"{shapes[i][0]}x{shapes[i][1]} (height x width). Set "
-                         "data.image_size to resize them all to one size")  # fmt: skip
-    conformed = _conformer(image_size, channels or (1 if all(sh[2] == 1 for sh in shapes) else 3))
+    if not image_size:
+        _check_one_size(shapes, raw_train.names + raw_test.names)
+    conformed = _conformer(image_size, _channels(channels, shapes))
     flip = {None: None, "hflip": hflip, "vflip": vflip}[transform]
 
     def one(x, name):
@@ -1446,6 +1450,27 @@ def _vector_dataset(name, raw_train: _Images, raw_test: _Images, val_size: int, 
     test = Split(raw_test.images, raw_test.labels, raw_test.files)
     return Dataset(name, finish(train), finish(val), finish(test),
                    standardization=standardization)  # fmt: skip
+
+
+def read_all(name: str, *, image_size: int = 0, channels: int = 0, data_dir=None,
+             what: str | None = None) -> np.ndarray:  # fmt: skip
+    """Every image of a folder or an .npz file (nothing split off), or the test split of a
+    built-in or tfds data set, as one [N, S, S, C] array (`conform`): a set to score as it is,
+    e.g. out-of-distribution images. `what` names the source in errors (default: its name).
+
+    Raises:
+      DatasetNotFoundError: no such file, folder or prepared data set; no image in it.
+      ValueError: vectors, unreadable files, or sizes `conform` refuses.
+    """
+    source = parse_source(name)
+    what = what or name
+    if source.kind not in ("folder", "npz"):
+        return load(name, data_dir=data_dir, image_size=image_size, channels=channels).test.images
+    read = _read_npz_images if source.kind == "npz" else _read_folder
+    raw = read(Path(name).expanduser(), what)
+    if raw.is_vectors:
+        raise ValueError(f"{what}: {name} holds vectors [N, D], not images")
+    return conform(raw.images, raw.names, image_size, channels)
 
 
 def load_config(data, *, seed: int = 0, data_dir=None) -> Dataset:

@@ -122,12 +122,17 @@ def reference_images(
                              "features (FID, KID and precision/recall are of images)")  # fmt: skip
         images, pad_to_32 = getattr(ds, split).images, False  # padded already
     if count > len(images):
-        raise ValueError(f"{label} {split} has {len(images)} images, fewer than the {count} "
-                         "asked: FID compares as many samples as reference images; on the "
-                         f"command line pass --quick --samples {len(images)} (marked: FIDs at "
-                         "other counts are not comparable), or --no-fid")  # fmt: skip
+        raise _too_few(f"{label} {split}", len(images), count)
     images = np.asarray(images[:count])
     return jdata.pad32(images) if pad_to_32 else images
+
+
+def _too_few(what: str, n: int, count: int) -> ValueError:
+    """The error for `count` FID images asked of `what`, which has only `n`: what to pass."""
+    return ValueError(f"{what} has {n} images, fewer than the {count} asked: FID compares as "
+                      f"many samples as reference images; pass --quick --samples {n} (marked: "
+                      "FIDs at other counts are not comparable), or --no-fid for the "
+                      f"reconstruction error (and likelihood) of all {n} test images")  # fmt: skip
 
 
 def reference_features(
@@ -631,11 +636,7 @@ def evaluate_run(
     n_test = len(ds.test.images)
     if num_samples > n_test and not vectors:
         if fid:
-            raise ValueError(f"{dc.dataset} test has {n_test} images, fewer than the "
-                             f"{num_samples} samples asked: FID compares as many samples as "
-                             f"test images; pass --quick --samples {n_test} (marked: FIDs at "
-                             "other counts are not comparable), or --no-fid for the "
-                             f"reconstruction error (and likelihood) of all {n_test}")  # fmt: skip
+            raise _too_few(f"{dc.dataset} test", n_test, num_samples)
         num_samples = n_test  # without FID: every test image
     test = ds.test.images[:num_samples]  # the images the reference features are of
     mesh = parallel.data_mesh()

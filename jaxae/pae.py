@@ -124,6 +124,16 @@ def build(ae, sigma, codes, *, flow: dict | None = None, seed: int = 0) -> model
     return pae
 
 
+def check_flow_batch(config, num_codes: int) -> None:
+    """Raise a ValueError naming config ``flow.batch_size`` when the flow stage's `num_codes`
+    training codes (one per training image) fill no batch of it."""
+    if num_codes < config.flow.batch_size:
+        raise ValueError(f"the flow stage has {num_codes} training codes, fewer than one batch "
+                         f"of config flow.batch_size={config.flow.batch_size}: set "
+                         "flow.batch_size lower (or data.val_size, which holds out training "
+                         "images)")  # fmt: skip
+
+
 def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> dict:
     """The PAE's second stage on a trained autoencoder run: fit, checkpoint, resume.
 
@@ -155,10 +165,7 @@ def fit_flow(config, workdir, *, dataset, mesh=None, progress: bool = True) -> d
     sigma = noise_map(ae.model, dataset.val.images, scale=scale)
     codes = {s: encode(ae.model, getattr(dataset, s).images, scale=scale) for s in ("train", "val")}
     f = config.flow
-    if len(codes["train"]) < f.batch_size:
-        raise ValueError(f"the flow stage has {len(codes['train'])} training codes, fewer than one "
-                         f"batch of config flow.batch_size={f.batch_size}: set flow.batch_size "
-                         "lower (or data.val_size, which holds out training images)")  # fmt: skip
+    check_flow_batch(config, len(codes["train"]))
     flow = {k: f[k] for k in ("kind", "layers", "hidden", "blocks", "bins")}
     model = build(ae.model, sigma, codes["train"], flow=flow, seed=config.training.seed)
     graphdef, params, model_state = objectives.split(model, train=False)
